@@ -3,12 +3,27 @@
 The standard error of a mean over items is the sample standard deviation over
 sqrt(n) (as lm-eval reports it); the 95% interval is the normal one, and for
 proportions the Wilson interval, which behaves at 0 and 1 and at small n.
+
+Paired comparisons of two runs on the same items (used by ``harness report
+--baseline`` and ``harness check``):
+
+* binary per-item scores: exact McNemar (a binomial test on the discordant
+  pairs) for "did anything change", Tango's score interval for the difference
+  in accuracy, and Tango's score test for a non-zero margin ("did it drop by
+  more than 1 point");
+* continuous per-item scores (MT-Bench ratings): the paired bootstrap (items
+  resampled with a fixed seed), percentile interval and the p-values that
+  invert it.
+
+Everything here is pure Python plus numpy; scipy is only used by the tests,
+as the reference.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 Z95 = 1.959963984540054
 
@@ -36,3 +51,149 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
 
 def normal_interval(mean: float, stderr: float, z: float = Z95) -> tuple[float, float]:
     return mean - z * stderr, mean + z * stderr
+
+
+# -- distributions (no scipy needed: the base install stays light) ------------------------------
+
+_NORMAL = NormalDist()
+
+
+def normal_cdf(x: float) -> float:
+    return _NORMAL.cdf(x)
+
+
+def normal_ppf(p: float) -> float:
+    return _NORMAL.inv_cdf(p)
+
+
+def binom_upper_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2), exact (integer arithmetic)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
+
+
+# -- paired binary scores: McNemar and Tango -----------------------------------------------------
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of the discordant pairs.
+
+    ``b`` items went right -> wrong, ``c`` wrong -> right. Under H0 (same
+    accuracy) each discordant pair is a fair coin, so p = min(1, 2 P(X >= max(b, c)))
+    with X ~ Bin(b + c, 1/2); equal to ``scipy.stats.binomtest(b, b + c).pvalue``.
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * binom_upper_tail(max(b, c), n))
+
+
+def mcnemar_exact_one_sided(b: int, c: int) -> float:
+    """One-sided exact McNemar p-value for "more right -> wrong than wrong -> right": P(X >= b)."""
+    return binom_upper_tail(b, b + c)
+
+
+def tango_z(b: int, c: int, n: int, delta0: float) -> float:
+    """Tango's (1998) score statistic for H0: (b - c) / n == delta0, paired binary data.
+
+    ``b``, ``c`` are the discordant counts (right -> wrong, wrong -> right) over
+    ``n`` paired items, so (b - c) / n is the drop in accuracy. The variance is
+    taken under H0 with the constrained maximum-likelihood estimate of the
+    wrong -> right cell probability (Tango, Stat Med 1998;17:891; as written
+    out in Fagerland, Lydersen & Laake, Stat Med 2014;33:2850). At delta0 = 0
+    it is McNemar's asymptotic statistic (b - c) / sqrt(b + c).
+    """
+    a_ = 2 * n
+    b_ = -b - c + (2 * n - b + c) * delta0
+    c_ = -c * delta0 * (1 - delta0)
+    q21 = (math.sqrt(max(0.0, b_ * b_ - 4 * a_ * c_)) - b_) / (2 * a_)
+    var = n * (2 * q21 + delta0 * (1 - delta0))
+    diff = b - c - n * delta0
+    if var <= 0:
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    return diff / math.sqrt(var)
+
+
+def tango_interval(b: int, c: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Two-sided ``level`` confidence interval for the paired drop (b - c) / n, by
+    inverting Tango's score test (Z is decreasing in delta0, so bisection)."""
+    z = normal_ppf(0.5 + level / 2)
+    return _tango_bound(b, c, n, z), _tango_bound(b, c, n, -z)
+
+
+def tango_lower_bound(b: int, c: int, n: int, level: float = 0.95) -> float:
+    """One-sided ``level`` lower confidence bound for the paired drop (b - c) / n."""
+    return _tango_bound(b, c, n, normal_ppf(level))
+
+
+def _tango_bound(b: int, c: int, n: int, z: float) -> float:
+    """The delta0 in [-1, 1] where tango_z(delta0) crosses ``z``."""
+    lo, hi = -1.0, 1.0
+    if tango_z(b, c, n, lo) <= z:
+        return lo
+    if tango_z(b, c, n, hi) >= z:
+        return hi
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if tango_z(b, c, n, mid) > z:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+# -- paired continuous scores: bootstrap ---------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 20231009
+
+
+def bootstrap_means(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = BOOTSTRAP_SEED) -> list[float]:
+    """Means of ``resamples`` resamples (with replacement, fixed seed) of ``values``.
+
+    For paired data pass the per-item differences: resampling items keeps the
+    pairing (the paired bootstrap). Deterministic for a given seed.
+    """
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    chunk = max(1, 2_000_000 // x.size)  # bound memory: chunk x n indices at a time
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        idx = rng.integers(0, x.size, size=(stop - start, x.size))
+        out[start:stop] = x[idx].mean(axis=1)
+    return out.tolist()
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default) of already sorted values."""
+    if not sorted_values:
+        return float("nan")
+    pos = q * (len(sorted_values) - 1)
+    i = math.floor(pos)
+    j = min(i + 1, len(sorted_values) - 1)
+    return sorted_values[i] + (sorted_values[j] - sorted_values[i]) * (pos - i)
+
+
+def bootstrap_p_at_most(boot: Sequence[float], threshold: float) -> float:
+    """One-sided bootstrap p-value for H0: mean <= threshold (against mean > threshold).
+
+    The share of resampled means at or below the threshold, with the +1
+    correction so it is never 0. It rejects at level alpha exactly when the
+    one-sided (1 - alpha) percentile lower bound exceeds the threshold.
+    """
+    return (sum(1 for v in boot if v <= threshold) + 1) / (len(boot) + 1)
+
+
+def bootstrap_p_two_sided(boot: Sequence[float], null: float = 0.0) -> float:
+    """Two-sided bootstrap p-value for H0: mean == null (inverts the percentile interval)."""
+    below = sum(1 for v in boot if v <= null) + 1
+    above = sum(1 for v in boot if v >= null) + 1
+    return min(1.0, 2 * min(below, above) / (len(boot) + 1))
