@@ -1,0 +1,370 @@
+"""OpenAI-compatible endpoints: ``vllm serve``, TGI, llama.cpp server, OpenAI itself.
+
+One client for models under test and for judges (MT-Bench uses this adapter):
+
+    harness run --model openai:Qwen2.5-7B-Instruct --base-url http://127.0.0.1:8000/v1 --suite gsm8k
+    harness run --model hf:ckpt --suite mt_bench --judge openai:gpt-4          # OPENAI_API_KEY set
+
+A pass is submitted at once through ``asyncio`` with at most ``concurrency``
+requests in flight. Chat requests go to ``/chat/completions``, raw-prompt
+requests (HumanEval completion mode) to ``/completions``.
+
+Retries live here and only here (the ``openai`` client's own retries are off):
+429, 408, 5xx, timeouts and connection errors are retried with exponential
+backoff and jitter, at most ``max_retries`` times; 400/401/404 and malformed
+replies are not. A request still failing after its retries becomes a
+``Completion`` with ``error`` set (scrubbed of secrets). An endpoint that
+refuses connections through a whole retry window is gone: the pass stops with
+``EngineError``, and what finished was already handed to ``on_result``.
+
+API keys come only from the environment (``OPENAI_API_KEY``, or the variable
+named by ``--model-args api_key_env=VAR``) and never appear in ``describe()``,
+errors or logs. Options (``--model-args``): ``timeout`` (s per request, 120),
+``max_retries`` (4), ``backoff`` (first retry delay in s, 0.5), ``max_backoff``
+(30), ``api_key_env``, ``check_model`` (true: the health check requires the
+model to be listed by ``/models`` when the server lists any).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from harness.env import scrub
+from harness.errors import EngineError, UsageError
+from harness.models import ModelSpec
+from harness.records import Completion, OnResult, Request
+
+log = logging.getLogger("harness")
+
+OPENAI_URL = "https://api.openai.com/v1"
+NO_KEY = "EMPTY"  # what local servers without --api-key accept
+HEALTH_TIMEOUT = 5.0
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_*.-]{6,})|(Bearer\s+\S+)", re.I)
+
+Role = Literal["model", "judge"]
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """``--model-args`` understood by this adapter (none changes what is generated)."""
+
+    timeout: float = 120.0
+    max_retries: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    api_key_env: str | None = None
+    check_model: bool = True
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any], flag: str = "--model-args") -> ClientOptions:
+        known = {f.name: f for f in fields(cls)}
+        if "api_key" in args:
+            raise UsageError(f"{flag}: api_key is not accepted on the command line (it would end up in shell "
+                             "history and logs); export it and pass api_key_env=VAR, or set OPENAI_API_KEY")
+        unknown = sorted(set(args) - set(known))
+        if unknown:
+            raise UsageError(f"{flag}: unknown option(s) {', '.join(unknown)} for an openai: model; "
+                             f"choose from: {', '.join(known)}")
+        opts = cls(**args)
+        if not (isinstance(opts.timeout, int | float) and opts.timeout > 0):
+            raise UsageError(f"{flag}: timeout must be a positive number of seconds, got {opts.timeout!r}")
+        if not (isinstance(opts.max_retries, int) and not isinstance(opts.max_retries, bool)
+                and 0 <= opts.max_retries <= 20):
+            raise UsageError(f"{flag}: max_retries must be an integer in 0..20, got {opts.max_retries!r}")
+        if not (isinstance(opts.backoff, int | float) and isinstance(opts.max_backoff, int | float)
+                and 0 <= opts.backoff <= opts.max_backoff):
+            raise UsageError(f"{flag}: need 0 <= backoff <= max_backoff (seconds), got "
+                             f"backoff={opts.backoff!r}, max_backoff={opts.max_backoff!r}")
+        return opts
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str
+    api_key: str
+
+    @property
+    def display_url(self) -> str:
+        return display_url(self.base_url)
+
+
+def display_url(url: str) -> str:
+    """The URL without user:password@ or query string, safe to record and print."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def resolve_endpoint(spec: ModelSpec, opts: ClientOptions, role: Role = "model") -> Endpoint:
+    base_url = spec.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+    if opts.api_key_env:
+        key = os.environ.get(opts.api_key_env)
+        if not key:
+            raise UsageError(f"api_key_env={opts.api_key_env}: that environment variable is not set; "
+                             f"export {opts.api_key_env}=... (keys are read only from the environment)")
+        return Endpoint(base_url, key)
+    key = os.environ.get("OPENAI_API_KEY")
+    if key:
+        return Endpoint(base_url, key)
+    if display_url(base_url) == OPENAI_URL:
+        flag = "--judge-base-url" if role == "judge" else "--base-url"
+        raise UsageError(f"{role} openai:{spec.target} uses api.openai.com but OPENAI_API_KEY is not set; "
+                         f"export it, or pass {flag} for a local server")
+    return Endpoint(base_url, NO_KEY)
+
+
+class _ServerGone(Exception):
+    """A request could not connect through its whole retry window."""
+
+
+class OpenAIAdapter:
+    """Adapter over an OpenAI-compatible endpoint (see module docstring)."""
+
+    def __init__(self, spec: ModelSpec, concurrency: int = 16, *, role: Role = "model",
+                 check: bool = True) -> None:
+        import openai
+
+        if concurrency < 1:
+            raise UsageError(f"--concurrency must be >= 1, got {concurrency}")
+        self.spec = spec
+        self.model = spec.target
+        self.concurrency = concurrency
+        self.options = ClientOptions.from_args(dict(spec.args))
+        self.endpoint = resolve_endpoint(spec, self.options, role)
+        self.name = f"openai:{spec.target}"
+        if check:
+            health_check(spec, role)
+        self._openai = openai
+        self._loop = asyncio.new_event_loop()
+        self._client = openai.AsyncOpenAI(base_url=self.endpoint.base_url, api_key=self.endpoint.api_key,
+                                          timeout=self.options.timeout, max_retries=0)
+
+    def describe(self) -> dict[str, Any]:
+        # Generation-relevant identity only: no key, no retry/timeout settings.
+        return {"kind": "openai", "model": self.model, "base_url": self.endpoint.display_url}
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()
+
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Completion]:
+        """All requests at once, bounded by the semaphore; ``on_result`` runs in this thread."""
+        if not requests:
+            return []
+        try:
+            return self._loop.run_until_complete(self._generate(list(requests), on_result))
+        except BaseException:
+            self._cancel_pending()  # Ctrl-C or a failing callback: no request left running
+            raise
+
+    def _cancel_pending(self) -> None:
+        pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending and not self._loop.is_running():
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+    async def _generate(self, requests: list[Request], on_result: OnResult | None) -> list[Completion]:
+        sem = asyncio.Semaphore(self.concurrency)
+        out: list[Completion | None] = [None] * len(requests)
+        tasks = [asyncio.ensure_future(self._one(i, r, sem)) for i, r in enumerate(requests)]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                i, comp = await fut
+                out[i] = comp
+                if on_result is not None:
+                    on_result(i, comp)
+        except _ServerGone as exc:
+            done = sum(c is not None for c in out)
+            raise EngineError(f"{exc}; {done} of {len(requests)} requests of this pass finished and are kept") \
+                from None
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return [c for c in out if c is not None]
+
+    async def _one(self, i: int, req: Request, sem: asyncio.Semaphore) -> tuple[int, Completion]:
+        async with sem:
+            return i, await self._with_retries(req)
+
+    async def _with_retries(self, req: Request) -> Completion:
+        attempts = self.options.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                return await self._call(req)
+            except Exception as exc:  # every failure is classified below
+                verdict = classify(exc, self._openai)
+                last = attempt == attempts - 1
+                if verdict == "connect" and last and not await self._alive():
+                    raise _ServerGone(f"endpoint {self.endpoint.display_url} is unreachable "
+                                      f"({connect_reason(exc)}) after {attempts} attempts: the server is gone") \
+                        from None
+                if verdict == "final" or last:
+                    return Completion(id=req.id, error=self._error_text(exc, attempt + 1))
+                await asyncio.sleep(self._delay(attempt, exc))
+        raise AssertionError("unreachable")
+
+    async def _alive(self) -> bool:
+        """After a request's connection failures: is the server still there at all?"""
+        try:
+            await self._client.with_options(timeout=HEALTH_TIMEOUT).models.list()
+        except self._openai.APITimeoutError:
+            return True  # slow, not gone
+        except self._openai.APIConnectionError:
+            return False
+        except Exception:  # any HTTP answer proves it is up
+            return True
+        return True
+
+    def _delay(self, attempt: int, exc: Exception) -> float:
+        """Exponential backoff with 'equal jitter'; a server's Retry-After is honoured up to max_backoff."""
+        base = min(self.options.max_backoff, self.options.backoff * 2 ** attempt)
+        delay = base / 2 + random.uniform(0, base / 2)
+        retry_after = _retry_after(exc)
+        return max(delay, min(retry_after, self.options.max_backoff)) if retry_after else delay
+
+    def _error_text(self, exc: Exception, attempts: int) -> str:
+        status = getattr(exc, "status_code", None)
+        malformed = isinstance(exc, MalformedReply | ValueError | self._openai.APIResponseValidationError)
+        what = "malformed reply" if malformed else f"HTTP {status}" if status else type(exc).__name__
+        detail = str(exc).replace("\n", " ")[:300]
+        return scrub_secrets(f"{what} after {attempts} attempt{'s' * (attempts > 1)}: {detail}",
+                             self.endpoint.api_key)
+
+    async def _call(self, req: Request) -> Completion:
+        common: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens, "temperature": req.temperature,
+                                  "top_p": req.top_p, "n": req.n}
+        if req.stop:
+            common["stop"] = list(req.stop)
+        if req.seed is not None:
+            common["seed"] = req.seed
+        if req.prompt is not None:
+            resp = await self._client.completions.create(prompt=req.prompt, **common)
+        else:
+            messages = [{"role": m.role, "content": m.content} for m in req.messages]
+            resp = await self._client.chat.completions.create(messages=messages, **common)
+        return _to_completion(req, resp)
+
+
+def _to_completion(req: Request, resp: Any) -> Completion:
+    """Validate the reply's shape; a malformed one raises MalformedReply (not retried)."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or len(choices) != req.n:
+        got = len(choices) if isinstance(choices, list) else type(choices).__name__
+        raise MalformedReply(f"expected {req.n} choice(s), got {got}")
+    choices = sorted(choices, key=lambda c: getattr(c, "index", 0) or 0)
+    texts = []
+    for c in choices:
+        text = getattr(c, "text", None) if req.prompt is not None else getattr(getattr(c, "message", None),
+                                                                              "content", None)
+        if not isinstance(text, str):
+            raise MalformedReply(f"choice {getattr(c, 'index', '?')} carries no text")
+        texts.append(text)
+    usage = getattr(resp, "usage", None)
+    return Completion(id=req.id, texts=tuple(texts),
+                      prompt_tokens=getattr(usage, "prompt_tokens", None),
+                      completion_tokens=getattr(usage, "completion_tokens", None),
+                      finish_reasons=tuple(str(getattr(c, "finish_reason", None) or "") for c in choices))
+
+
+class MalformedReply(Exception):
+    """The server answered 200 with a body that is not a usable completion."""
+
+
+def classify(exc: BaseException, openai: Any) -> Literal["retry", "connect", "final"]:
+    """retry: 408/429/5xx/timeouts; connect: cannot reach the server (retried, then fatal);
+    final: everything else (400/401/404/422, malformed replies): not retried."""
+    if isinstance(exc, openai.APITimeoutError):
+        return "retry"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connect"
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        return "retry" if code in (408, 429) or code >= 500 else "final"
+    return "final"
+
+
+def connect_reason(exc: BaseException) -> str:
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(chain) < 8:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    if any(isinstance(e, ConnectionRefusedError) or "refused" in str(e).lower() for e in chain):
+        return "connection refused"
+    return f"cannot connect: {chain[-1]}" if str(chain[-1]) else "cannot connect"
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: our own backoff applies
+
+
+def scrub_secrets(text: str, key: str | None = None) -> str:
+    """Remove the key in use, any credential from the environment, and key-like tokens."""
+    if key and key != NO_KEY:
+        text = text.replace(key, "<redacted>")
+    return _KEYLIKE.sub("<redacted>", scrub(text))
+
+
+def health_check(spec: ModelSpec, role: Role = "judge", timeout: float = HEALTH_TIMEOUT, tries: int = 2) -> None:
+    """One fast ``GET /models`` before any work: an unreachable endpoint, a rejected key or
+    (with check_model) a model the server does not serve is a UsageError (exit 2)."""
+    import openai
+
+    opts = ClientOptions.from_args(dict(spec.args), flag="--judge-args" if role == "judge" else "--model-args")
+    ep = resolve_endpoint(spec, opts, role)
+    flag = "--judge-base-url" if role == "judge" else "--base-url"
+    client = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key, timeout=timeout, max_retries=0)
+    try:
+        listed = _list_models(client, ep, role, flag, timeout, tries)
+    finally:
+        client.close()
+    if opts.check_model and listed and spec.target not in listed:
+        args_flag = "--judge-args" if role == "judge" else "--model-args"
+        raise UsageError(f"{role} endpoint {ep.display_url} does not serve model {spec.target!r}; it serves: "
+                         f"{', '.join(sorted(listed)[:10])} (pass {role == 'judge' and '--judge' or '--model'} "
+                         f"openai:NAME with one of them, or {args_flag} check_model=false)")
+
+
+def _list_models(client: Any, ep: Endpoint, role: Role, flag: str, timeout: float, tries: int) -> list[str]:
+    import openai
+
+    for attempt in range(tries):
+        try:
+            return [m.id for m in client.models.list().data]
+        except openai.APITimeoutError:
+            reason = f"no answer within {timeout:g} s"
+        except openai.APIConnectionError as exc:
+            reason = connect_reason(exc)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise UsageError(f"{role} endpoint {ep.display_url} rejected the API key (HTTP {exc.status_code}); "
+                             "set OPENAI_API_KEY or model-args api_key_env=VAR") from None
+        except openai.APIStatusError as exc:
+            log.warning("%s endpoint %s answered GET /models with HTTP %s; going on", role, ep.display_url,
+                        exc.status_code)
+            return []  # it answers: reachable, even if it does not list models
+        except Exception as exc:  # a non-JSON /models reply still proves the server is up
+            log.warning("%s endpoint %s: unexpected /models reply (%s); going on", role, ep.display_url,
+                        type(exc).__name__)
+            return []
+        if attempt + 1 < tries:
+            time.sleep(0.5)
+    raise UsageError(f"{role} endpoint {ep.display_url} is unreachable ({reason}); start the server or fix {flag}")

@@ -1,0 +1,250 @@
+"""The OpenAI-compatible adapter against a scripted server over real HTTP.
+
+Every test drives the real ``openai`` client (AsyncOpenAI) against
+``tests/openai_stub.py`` on 127.0.0.1: retries and what is not retried,
+timeouts, per-request errors, order and the concurrency bound, a server that
+dies mid-pass, secrets, and the fail-fast health check.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+from openai_stub import Reply, StubServer, echo, echo_text, fail_first, script
+
+from harness.adapters import preflight_judge
+from harness.adapters.openai import OpenAIAdapter, health_check
+from harness.errors import EngineError, UsageError
+from harness.models import ModelSpec
+from harness.records import Message, Request
+
+FAST = {"backoff": 0.01, "max_backoff": 0.05}  # retries without waiting in tests
+
+
+def chat(i: int, **kw) -> Request:
+    return Request(id=f"q{i}", messages=(Message("system", "be brief"), Message("user", f"question {i}")), **kw)
+
+
+def adapter(stub: StubServer, concurrency: int = 8, **args) -> OpenAIAdapter:
+    return OpenAIAdapter(ModelSpec("openai", "stub", {**FAST, **args}, stub.url), concurrency=concurrency)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_keys(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_retries_transient_status_then_succeeds(status):
+    with StubServer(fail_first(2, status=status)) as stub:
+        a = adapter(stub)
+        out = a.generate([chat(0), chat(1)])
+        a.close()
+    assert [c.error for c in out] == [None, None]
+    assert out[0].texts == (echo_text("question 0"),)
+    assert stub.hits == {"question 0": 3, "question 1": 3}
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_client_errors_are_not_retried(status):
+    with StubServer(fail_first(99, status=status)) as stub:
+        a = adapter(stub)
+        [c] = a.generate([chat(0)])
+        a.close()
+    assert stub.count() == 1
+    assert c.texts == () and c.error.startswith(f"HTTP {status} after 1 attempt")
+
+
+def test_timeout_then_retry_succeeds():
+    slow_then_fast = script([Reply(text="too late", delay=3.0)])
+    with StubServer(slow_then_fast) as stub:
+        a = adapter(stub, concurrency=1, timeout=0.5)
+        [c] = a.generate([chat(0)])
+        a.close()
+    assert c.error is None and c.texts == (echo_text("question 0"),)
+    assert stub.count() == 2
+
+
+def test_errors_are_per_request_after_max_retries():
+    def only_q1_fails(call):
+        return Reply(status=500, text="boom") if call.content == "question 1" else echo(call)
+
+    with StubServer(only_q1_fails) as stub:
+        a = adapter(stub, max_retries=2)
+        out = a.generate([chat(0), chat(1), chat(2)])
+        a.close()
+    assert [c.error is None for c in out] == [True, False, True]
+    assert out[1].error.startswith("HTTP 500 after 3 attempts") and "boom" in out[1].error
+    assert stub.hits["question 1"] == 3 and stub.hits["question 0"] == 1
+
+
+def test_malformed_replies_are_errors_not_retried():
+    bad = [Reply(raw=b"not json"), Reply(raw=b'{"choices": []}'),
+           Reply(raw=b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": null}}]}')]
+    with StubServer(script(bad)) as stub:
+        a = adapter(stub, concurrency=1)
+        out = a.generate([chat(i) for i in range(4)])
+        a.close()
+    assert [c.error.split(" after")[0] if c.error else None for c in out] == ["malformed reply"] * 3 + [None]
+    assert stub.count() == 4
+
+
+def test_order_preserved_and_callbacks_in_calling_thread():
+    # Later requests answer first: completion order is the reverse of request order.
+    def reverse_delay(call):
+        i = int(call.content.split()[-1])
+        return Reply(text=f"answer {i}", delay=0.05 * (9 - i))
+
+    seen: list[tuple[int, str, int]] = []
+    with StubServer(reverse_delay) as stub:
+        a = adapter(stub, concurrency=10)
+        out = a.generate([chat(i) for i in range(10)],
+                         on_result=lambda j, c: seen.append((j, c.texts[0], threading.get_ident())))
+        a.close()
+    assert [c.id for c in out] == [f"q{i}" for i in range(10)]
+    assert [c.texts[0] for c in out] == [f"answer {i}" for i in range(10)]
+    assert sorted(j for j, _, _ in seen) == list(range(10))
+    assert all(text == f"answer {j}" for j, text, _ in seen)
+    assert {tid for _, _, tid in seen} == {threading.get_ident()}
+    assert seen[0][0] != 0  # callbacks came as requests finished, not in request order
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_concurrency_bound(concurrency):
+    with StubServer(lambda call: Reply(text="ok", delay=0.2)) as stub:
+        a = adapter(stub, concurrency=concurrency)
+        out = a.generate([chat(i) for i in range(12)])
+        a.close()
+    assert all(c.error is None for c in out)
+    assert stub.max_in_flight == concurrency  # whole batch submitted, never more than the bound
+
+
+def test_request_fields_reach_the_server():
+    with StubServer() as stub:
+        a = adapter(stub)
+        chat_req = chat(0, max_tokens=7, temperature=0.7, top_p=0.9, n=2, stop=("\n\n",), seed=11)
+        raw_req = Request(id="p", prompt="def f():", max_tokens=5, stop=("\ndef",))
+        c_chat, c_raw = a.generate([chat_req, raw_req])
+        a.close()
+    by_path = {c.path: c.body for c in stub.calls}
+    body = by_path["/v1/chat/completions"]
+    assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "question 0"}]
+    assert {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p", "n", "stop", "seed")} == \
+        {"model": "stub", "max_tokens": 7, "temperature": 0.7, "top_p": 0.9, "n": 2, "stop": ["\n\n"], "seed": 11}
+    assert by_path["/v1/completions"]["prompt"] == "def f():" and "seed" not in by_path["/v1/completions"]
+    assert len(c_chat.texts) == 2 and c_chat.finish_reasons == ("stop", "stop")
+    assert c_chat.prompt_tokens == 2 and c_chat.completion_tokens == 2 * len(echo_text("question 0").split())
+    assert c_raw.texts == (echo_text("def f():"),)
+
+
+def test_server_gone_mid_pass_raises_engine_error_and_keeps_finished():
+    def first_two_fast(call):
+        return Reply(text="fast") if call.content in ("question 0", "question 1") else Reply(text="x", delay=0.5)
+
+    finished: dict[int, str] = {}
+    with StubServer(first_two_fast) as stub:
+        a = adapter(stub, concurrency=6, max_retries=2)
+
+        def on_result(j, comp):
+            finished[j] = comp.texts[0]
+            if len(finished) == 2:
+                stub.kill()
+
+        with pytest.raises(EngineError, match=r"unreachable \(connection refused\).*2 of 6 requests"):
+            a.generate([chat(i) for i in range(6)], on_result=on_result)
+        a.close()
+    assert finished == {0: "fast", 1: "fast"}
+
+
+def test_dropped_connection_on_a_live_server_is_a_per_request_error():
+    def drop_q1(call):
+        return Reply(drop=True) if call.content == "question 1" else echo(call)
+
+    with StubServer(drop_q1) as stub:
+        a = adapter(stub, max_retries=1)
+        out = a.generate([chat(0), chat(1)])
+        a.close()
+    assert out[0].error is None
+    assert out[1].error.startswith("APIConnectionError after 2 attempts")
+    assert stub.hits["question 1"] == 2
+
+
+def test_keys_never_in_describe_or_errors(monkeypatch):
+    key = "sk-test-Zq81ThisIsASecretValue"
+    monkeypatch.setenv("JUDGE_KEY", key)  # a name the generic env scrubber would not recognise
+
+    def leaky_401(call):  # servers echo (parts of) the key back, as OpenAI's 401 does
+        return Reply(status=401, text=f"Incorrect API key provided: {key} / {key[:8]}***{key[-4:]}")
+
+    with StubServer(leaky_401) as stub:
+        a = OpenAIAdapter(ModelSpec("openai", "stub", {**FAST, "api_key_env": "JUDGE_KEY"}, stub.url))
+        [c] = a.generate([chat(0)])
+        desc = json.dumps(a.describe())
+        a.close()
+    assert stub.calls[0].authorization == f"Bearer {key}"  # the key is used...
+    assert c.error and key not in c.error and key[:8] not in c.error  # ...and never shown
+    assert key not in desc and "JUDGE_KEY" not in desc
+    assert json.loads(desc) == {"kind": "openai", "model": "stub", "base_url": stub.url}
+
+
+def test_describe_strips_credentials_from_url():
+    with StubServer() as stub:
+        url = stub.url.replace("http://", "http://user:pa55word@") + "?token=abc"
+        a = OpenAIAdapter(ModelSpec("openai", "stub", {}, url))
+        assert a.describe()["base_url"] == stub.url
+        a.close()
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    ({"temprature": 0.1}, "unknown option"),
+    ({"api_key": "sk-abc"}, "api_key_env"),
+    ({"api_key_env": "NOT_SET_ANYWHERE"}, "NOT_SET_ANYWHERE"),
+    ({"max_retries": -1}, "max_retries"),
+    ({"timeout": 0}, "timeout"),
+])
+def test_bad_model_args_are_usage_errors(args, match):
+    with pytest.raises(UsageError, match=match):
+        OpenAIAdapter(ModelSpec("openai", "stub", args, "http://127.0.0.1:9/v1"), check=False)
+
+
+def test_health_check_fails_fast_on_closed_port():
+    spec = ModelSpec("openai", "judge", {}, f"http://127.0.0.1:{closed_port()}/v1")
+    t0 = time.monotonic()
+    with pytest.raises(UsageError) as err:
+        preflight_judge(spec)
+    assert time.monotonic() - t0 < HEALTH_BOUND  # no waiting on timeouts for a refused connection
+    msg = str(err.value)
+    assert "is unreachable (connection refused)" in msg and "--judge-base-url" in msg and "\n" not in msg
+
+
+HEALTH_BOUND = 4.0  # two tries 0.5 s apart; a timeout-based failure would take 2 x 5 s
+
+
+def test_model_endpoint_checked_when_adapter_is_built():
+    with pytest.raises(UsageError, match=r"model endpoint .* unreachable .* --base-url"):
+        OpenAIAdapter(ModelSpec("openai", "m", {}, f"http://127.0.0.1:{closed_port()}/v1"))
+
+
+def test_health_check_names_served_models():
+    with StubServer(models=("served-a", "served-b")) as stub:
+        with pytest.raises(UsageError, match="does not serve model 'other'.*served-a, served-b"):
+            health_check(ModelSpec("openai", "other", {}, stub.url), role="model")
+        health_check(ModelSpec("openai", "other", {"check_model": False}, stub.url), role="model")
+        health_check(ModelSpec("openai", "served-b", {}, stub.url), role="judge")
+        assert stub.count() == 0  # only GET /models
+
+
+def test_openai_without_key_or_url_is_a_usage_error():
+    with pytest.raises(UsageError, match="OPENAI_API_KEY is not set"):
+        health_check(ModelSpec("openai", "gpt-4", {}, None))
