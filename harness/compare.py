@@ -1,0 +1,254 @@
+"""Run directories on disk -> per-metric estimates and paired comparisons.
+
+The report and the CI gate read only a run's files (see harness/runner.py):
+``config.json`` (label, model, adapter fingerprint, metadata), ``summary.json``
+(per task: version, n, errors, metrics, metric specs, item-set hash) and
+``<task>.samples.jsonl`` (one row per item with its ``scores``). Each metric
+is the mean of one per-item score (``MetricSpec.key``), so intervals and
+paired tests are built from the samples alone; no model is ever run.
+
+Two runs are compared only on the same items of the same task version: a
+different item set or task version is refused (UsageError), never compared.
+
+Example: ``harness report runs/A runs/B --baseline runs/A``
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from harness import RUN_FORMAT
+from harness.errors import UsageError
+from harness.records import MetricSpec
+from harness.stats import (
+    Z95,
+    bootstrap_means,
+    bootstrap_p_two_sided,
+    mcnemar_exact,
+    mean_stderr,
+    normal_interval,
+    normal_ppf,
+    percentile,
+    tango_interval,
+    wilson_interval,
+)
+
+METADATA_KEYS = ("strategy", "k", "fraction", "stage")
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    name: str
+    version: str
+    n: int
+    errors: int
+    metrics: dict[str, Any]
+    specs: tuple[MetricSpec, ...]  # primary first
+    item_ids_sha256: str
+    scores: dict[str, dict[str, float]]  # item id -> {score key: value}, scored items only
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    run_id: str
+    label: str
+    model: str
+    checkpoint: str  # short model fingerprint, "" when the adapter records none
+    metadata: dict[str, Any]
+    tasks: dict[str, TaskRun]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric of one run in reported units, with its interval."""
+
+    value: float
+    low: float
+    high: float
+    n: int  # items that carry this score
+    method: str  # "wilson" | "normal"
+
+
+@dataclass(frozen=True)
+class Paired:
+    """``new - baseline`` on the items both runs scored, in reported units."""
+
+    delta: float
+    low: float
+    high: float
+    p: float  # two-sided, H0: no difference
+    test: str  # "McNemar exact" | "paired bootstrap"
+    n: int  # paired items
+    worse: int | None = None  # binary: items right in the baseline, wrong now
+    better: int | None = None  # binary: wrong in the baseline, right now
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path.parent} is not a finished run directory: no {path.name} ({what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path} is unreadable or corrupt ({exc}); rerun the run that wrote it") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path} is corrupt: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def check_format(run_dir: Path) -> None:
+    """Refuse run directories written by another on-disk format (see harness.RUN_FORMAT)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {str(run_dir)!r} does not exist; pass a directory written by `harness run`")
+    docs = [_read_json(run_dir / "config.json", "written when a run starts")]
+    if (run_dir / "summary.json").exists():
+        docs.append(_read_json(run_dir / "summary.json", "written when a run finishes"))
+    for doc in docs:
+        fmt = doc.get("format")
+        if fmt != RUN_FORMAT:
+            version = doc.get("harness_version", "the version that wrote it")
+            raise UsageError(f"run directory {run_dir} was written by harness format {fmt}; this harness reads "
+                             f"format {RUN_FORMAT}: rerun it or use sft-harness=={version}")
+
+
+def load_run(run_dir: Path) -> Run:
+    run_dir = Path(run_dir)
+    check_format(run_dir)
+    config = _read_json(run_dir / "config.json", "written when a run starts")
+    summary = _read_json(run_dir / "summary.json", "the run did not finish; rerun its `harness run` command "
+                         "to resume it")
+    tasks = {name: _load_task(run_dir, name, rec) for name, rec in (summary.get("tasks") or {}).items()}
+    if not tasks:
+        raise UsageError(f"{run_dir}/summary.json lists no tasks; rerun the run that wrote it")
+    adapter = config.get("adapter") or {}
+    model = config.get("model") or {}
+    target = str(model.get("target") or model.get("spec") or "?")
+    return Run(path=run_dir, run_id=str(summary.get("run_id") or run_dir.name),
+               label=str(config.get("label") or summary.get("label") or run_dir.name),
+               model=Path(target).name if "/" in target else target,
+               checkpoint=str(adapter.get("fingerprint") or "")[:12],
+               metadata=dict(config.get("metadata") or {}), tasks=tasks)
+
+
+def _load_task(run_dir: Path, name: str, rec: dict[str, Any]) -> TaskRun:
+    try:
+        specs = [MetricSpec(**{f.name: s[f.name] for f in fields(MetricSpec) if f.name in s})
+                 for s in rec["metric_specs"]]
+        version, item_hash = str(rec["version"]), str(rec["item_ids_sha256"])
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"{run_dir}/summary.json: task {name!r} lacks {exc} (metric_specs, version, "
+                         "item_ids_sha256); rerun it with this harness") from None
+    specs.sort(key=lambda s: not s.primary)  # stable: primary first, then the task's order
+    scores = _read_samples(run_dir / f"{name}.samples.jsonl")
+    return TaskRun(name=name, version=version, n=int(rec.get("n", len(scores))), errors=int(rec.get("errors", 0)),
+                   metrics=dict(rec.get("metrics") or {}), specs=tuple(specs), item_ids_sha256=item_hash,
+                   scores=scores)
+
+
+def _read_samples(path: Path) -> dict[str, dict[str, float]]:
+    if not path.exists():
+        raise UsageError(f"{path} is missing: the report needs the per-item samples written by `harness run`")
+    out: dict[str, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                item, scores = str(row["id"]), row.get("scores") or {}
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UsageError(f"{path}:{lineno}: not a sample row (expected JSON with 'id' and "
+                                 "'scores'); rerun the run that wrote it") from None
+            if item in out:
+                raise UsageError(f"{path}:{lineno}: item {item!r} appears twice; rerun the run that wrote it")
+            out[item] = {k: float(v) for k, v in scores.items()
+                         if isinstance(v, (int, float)) and math.isfinite(v)}
+    return out
+
+
+def check_comparable(runs: list[Run]) -> None:
+    """Refuse runs that evaluated a shared task on different items or task versions."""
+    first: dict[str, tuple[Run, TaskRun]] = {}
+    for run in runs:
+        for name, task in run.tasks.items():
+            if name not in first:
+                first[name] = (run, task)
+                continue
+            ref_run, ref = first[name]
+            if ref.version != task.version:
+                raise UsageError(f"{name} differs between {ref_run.path} (task version {ref.version}) and "
+                                 f"{run.path} (version {task.version}); rerun both with one harness version "
+                                 "to compare them")
+            if ref.item_ids_sha256 != task.item_ids_sha256:
+                raise UsageError(f"{name} differs between {ref_run.path} ({ref.n} items) and {run.path} "
+                                 f"({task.n} items): different item sets (item_ids_sha256 "
+                                 f"{ref.item_ids_sha256[:8]} vs {task.item_ids_sha256[:8]}); evaluate both "
+                                 "on the same items (same --limit and data) to compare them")
+
+
+# -- estimates -----------------------------------------------------------------------------------
+
+def values(task: TaskRun, spec: MetricSpec) -> dict[str, float]:
+    return {item: s[spec.key] for item, s in task.scores.items() if spec.key in s}
+
+
+def is_binary(vals: list[float]) -> bool:
+    return all(v in (0.0, 1.0) for v in vals)
+
+
+def estimate(task: TaskRun, spec: MetricSpec, alpha: float = 0.05) -> Estimate:
+    """Mean of the per-item score with a (1 - alpha) interval, in reported units.
+
+    Wilson for 0/1 scores; the normal interval (mean +- z * stderr) otherwise,
+    including a "binary" metric whose items hold fractions (pass@1 with n > 1).
+    """
+    vals = list(values(task, spec).values())
+    z = Z95 if alpha == 0.05 else normal_ppf(1 - alpha / 2)
+    if not vals:
+        return Estimate(math.nan, math.nan, math.nan, 0, "none")
+    if spec.kind == "binary" and is_binary(vals):
+        lo, hi = wilson_interval(sum(vals), len(vals), z)
+        mean, method = sum(vals) / len(vals), "wilson"
+    else:
+        mean, se = mean_stderr(vals)
+        lo, hi = normal_interval(mean, se, z) if math.isfinite(se) else (math.nan, math.nan)
+        method = "normal"
+    return Estimate(mean * spec.scale, lo * spec.scale, hi * spec.scale, len(vals), method)
+
+
+def paired_values(new: TaskRun, base: TaskRun, spec: MetricSpec) -> tuple[list[float], list[float]]:
+    """Baseline and new scores on the items both runs scored, matched by item id."""
+    a, b = values(base, spec), values(new, spec)
+    shared = sorted(a.keys() & b.keys())
+    return [a[i] for i in shared], [b[i] for i in shared]
+
+
+def compare(new: TaskRun, base: TaskRun, spec: MetricSpec, alpha: float = 0.05) -> Paired:
+    """Paired comparison ``new - baseline`` with a (1 - alpha) interval and a two-sided p-value.
+
+    0/1 scores: exact McNemar p-value and Tango's score interval for the
+    difference in accuracy. Other scores: paired bootstrap (items resampled,
+    fixed seed), percentile interval and the p-value that inverts it.
+    """
+    x, y = paired_values(new, base, spec)
+    n = len(x)
+    if n == 0:
+        return Paired(math.nan, math.nan, math.nan, math.nan, "none", 0)
+    if spec.kind == "binary" and is_binary(x) and is_binary(y):
+        worse = sum(1 for a, b in zip(x, y, strict=True) if a > b)
+        better = sum(1 for a, b in zip(x, y, strict=True) if a < b)
+        lo, hi = tango_interval(worse, better, n, 1 - alpha)  # interval of the drop (worse - better) / n
+        s = spec.scale
+        return Paired((better - worse) / n * s, -hi * s, -lo * s, mcnemar_exact(worse, better),
+                      "McNemar exact", n, worse, better)
+    diffs = [(b - a) * spec.scale for a, b in zip(x, y, strict=True)]
+    boot = sorted(bootstrap_means(diffs))
+    return Paired(sum(diffs) / n, percentile(boot, alpha / 2), percentile(boot, 1 - alpha / 2),
+                  bootstrap_p_two_sided(boot), "paired bootstrap", n)
