@@ -1,0 +1,229 @@
+"""HF transformers adapter: batched generation, the fallback engine.
+
+Requests are grouped by generation settings and sorted by prompt length so
+each left-padded batch wastes little; completions come back in request
+order. Chat prompts are rendered with the checkpoint's own chat template
+(``tokenizer.apply_chat_template``), never one guessed from the model name.
+
+Sampling honours each request's seed independently of how requests are
+batched: instead of HF's single global RNG, a logits processor draws every
+row's token from a generator seeded by (request seed, sample index) and hands
+greedy search a one-hot distribution. Stop strings end a row early
+(``stop_strings``) and are cut from the returned text, as vLLM does.
+
+Options (``--model-args``): dtype (auto|float32|bfloat16|float16; auto is
+float32 on CPU, bfloat16 on CUDA), device (auto|cpu|cuda), batch_size
+(default 8 on CPU, 32 on CUDA), lora=PATH (a peft adapter), revision,
+trust_remote_code.
+
+Example: ``harness run --model hf:/path/to/ckpt --model-args dtype=float32,batch_size=8 --suite gsm8k``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+from harness.errors import UsageError
+from harness.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
+from harness.records import Completion, OnResult, Request
+
+log = logging.getLogger("harness")
+
+_KNOWN_ARGS = {"dtype", "device", "batch_size", "lora", "revision", "trust_remote_code"}
+
+
+class SeededSampler(LogitsProcessor):
+    """Per-row sampling with per-row generators; returns a one-hot score so
+    greedy search takes exactly the sampled token."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(dim=-1) - sorted_p > self.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        out = torch.full_like(scores, float("-inf"))
+        for row, gen in enumerate(self.generators):
+            token = torch.multinomial(probs[row], 1, generator=gen)
+            out[row, token] = 0.0
+        return out
+
+
+def _sample_seed(seed: int | None, index: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class HFAdapter:
+    name = "hf"
+
+    def __init__(self, spec: ModelSpec, target: str, chat_template: str | None = None, needs_chat: bool = True) -> None:
+        unknown = set(spec.args) - _KNOWN_ARGS
+        if unknown:
+            raise UsageError(f"unknown --model-args for hf: {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(sorted(_KNOWN_ARGS))}")
+        self.spec, self.target = spec, target
+        self.device = torch.device(_pick_device(spec.args.get("device", "auto")))
+        self.dtype = _pick_dtype(spec.args.get("dtype", "auto"), self.device)
+        self.batch_size = int(spec.args.get("batch_size", 8 if self.device.type == "cpu" else 32))
+        kwargs = {"revision": spec.args.get("revision"), "trust_remote_code": bool(spec.args.get("trust_remote_code"))}
+        self.tokenizer = _load(AutoTokenizer.from_pretrained, target, "tokenizer", **kwargs)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if chat_template is not None:
+            self.tokenizer.chat_template = chat_template
+        self.chat_template = self.tokenizer.chat_template
+        if needs_chat and not self.chat_template:
+            raise UsageError(f"the tokenizer of {target} has no chat template and a chat-mode task was chosen; "
+                             "pass one with --chat-template FILE.jinja (or use --humaneval-mode completion)")
+        self.model = _load(AutoModelForCausalLM.from_pretrained, target, "model", dtype=self.dtype, **kwargs)
+        if spec.args.get("lora"):
+            self.model = _apply_lora(self.model, str(spec.args["lora"]))
+        self.model.to(self.device).eval()
+        self._fingerprint = _fingerprint(target, self.model)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "hf", "target": self.target, **self._fingerprint,
+                "chat_template_sha256": text_sha256(self.chat_template), "dtype": str(self.dtype).removeprefix("torch."),
+                "device": self.device.type, "lora": self.spec.args.get("lora"),
+                "lora_fingerprint": (fingerprint_checkpoint(Path(self.spec.args["lora"]))["fingerprint"]
+                                     if self.spec.args.get("lora") else None)}
+
+    def render(self, request: Request) -> str:
+        if request.prompt is not None:
+            return request.prompt
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Completion]:
+        out: list[Completion | None] = [None] * len(requests)
+        for batch in self._plan(requests):
+            for i, comp in zip(batch, self._generate_batch([requests[i] for i in batch]), strict=True):
+                out[i] = comp
+                if on_result is not None:
+                    on_result(i, comp)
+        return [c for c in out if c is not None]
+
+    def _plan(self, requests: Sequence[Request]) -> list[list[int]]:
+        """Batches of request indices with equal settings, longest prompts first."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            sampled = r.temperature > 0
+            key = (r.max_tokens, r.stop, sampled, r.temperature if sampled else 0.0, r.top_p if sampled else 1.0)
+            groups.setdefault(key, []).append(i)
+        lengths = [len(self.render(r)) for r in requests]
+        batches = []
+        for idx in groups.values():
+            idx.sort(key=lambda i: -lengths[i])
+            per_batch = max(1, self.batch_size // max(1, requests[idx[0]].n))
+            batches.extend(idx[s:s + per_batch] for s in range(0, len(idx), per_batch))
+        return batches
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: list[Request]) -> list[Completion]:
+        first = batch[0]
+        prompts = [self.render(r) for r in batch for _ in range(r.n)]
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True,
+                             add_special_tokens=first.prompt is not None).to(self.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": first.max_tokens, "do_sample": False,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        if first.temperature > 0:
+            seeds = [_sample_seed(r.seed, j) for r in batch for j in range(r.n)]
+            kwargs["logits_processor"] = LogitsProcessorList([SeededSampler(seeds, first.temperature, first.top_p,
+                                                                            self.device)])
+        if first.stop:
+            kwargs.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
+        try:
+            gen = self.model.generate(**enc, **kwargs, temperature=None, top_p=None, top_k=None)
+        except torch.OutOfMemoryError as exc:
+            return [Completion(id=r.id, error=f"out of memory: {exc}".splitlines()[0]) for r in batch]
+        new = gen[:, enc["input_ids"].shape[1]:]
+        texts, finish, n_tokens = self._decode(new, batch)
+        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+        results, row = [], 0
+        for r in batch:
+            results.append(Completion(id=r.id, texts=tuple(texts[row:row + r.n]), prompt_tokens=int(prompt_tokens[row]),
+                                      completion_tokens=sum(n_tokens[row:row + r.n]),
+                                      finish_reasons=tuple(finish[row:row + r.n])))
+            row += r.n
+        return results
+
+    def _decode(self, new: torch.Tensor, batch: list[Request]) -> tuple[list[str], list[str], list[int]]:
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        stops = batch[0].stop
+        texts, finish, counts = [], [], []
+        for ids in new.tolist():
+            cut = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+            kept = ids if cut is None else ids[:cut]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            reason = "stop" if cut is not None else "length"
+            hits = [text.find(s) for s in stops if s in text]
+            if hits:
+                text, reason = text[:min(hits)], "stop"
+            texts.append(text)
+            finish.append(reason)
+            counts.append(len(kept) + (1 if cut is not None else 0))
+        return texts, finish, counts
+
+    def close(self) -> None:
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--model-args device={device} but no CUDA device is available; use device=cpu")
+    return device
+
+
+def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        # fp32 on CPU: bf16 is slower on CPUs without AVX512-BF16.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise UsageError(f"--model-args dtype={name!r} is not one of auto, float32, bfloat16, float16")
+    return table[name]
+
+
+def _load(fn: Any, target: str, what: str, **kwargs: Any) -> Any:
+    try:
+        return fn(target, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = "local checkpoint" if is_local_path(target) else "hub model (the hub may be unreachable)"
+        raise UsageError(f"cannot load the {what} of {where} {target!r}: {first[:300]}") from None
+
+
+def _apply_lora(model: Any, path: str) -> Any:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise UsageError("--model-args lora=PATH needs peft: pip install peft") from None
+    return PeftModel.from_pretrained(model, path).merge_and_unload()
+
+
+def _fingerprint(target: str, model: Any) -> dict[str, str]:
+    if is_local_path(target):
+        return fingerprint_checkpoint(Path(target).expanduser())
+    commit = getattr(model.config, "_commit_hash", None)
+    return {"fingerprint": f"hub:{target}@{commit}", "weights_sha256": "", "tokenizer_sha256": ""}

@@ -1,0 +1,224 @@
+"""GSM8K (Cobbe et al. 2021): grade-school math word problems, exact match.
+
+Data: the 1,319-problem test set and 7,473-problem train set ship in
+``tasks/data/gsm8k/`` (MIT, openai/grade-school-math; checksums verified on
+load). ``--gsm8k-data`` takes a local jsonl with the same fields or a hub
+dataset id (``openai/gsm8k``).
+
+Prompting: zero-shot chat by default (how SFT papers evaluate instruct
+checkpoints), or ``--num-fewshot K`` exemplars from train as earlier chat
+turns. Scoring reports both extractors, as lm-evaluation-harness does:
+
+* strict: the official format ``#### N`` (the grader's ``ANS_RE``, first match);
+* flexible: the last number in the completion (lm-eval's
+  ``(-?[$0-9.,]{2,})|(-?[0-9]+)``, last match).
+
+Both normalise like the official grader and lm-eval's ``regexes_to_ignore``:
+strip commas, ``$`` and a trailing period, then compare numerically so
+``18.00`` equals ``18``.
+
+Example: ``harness run --model smollm2-135m-instruct --suite gsm8k --limit 50``
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+from harness.records import Completion, Example, Message, MetricSpec, Request, Result
+from harness.stats import mean_stderr
+
+DATA_DIR = Path(__file__).parent / "data" / "gsm8k"
+
+INSTRUCTION = ("Solve the following math problem step by step. At the end, write the final answer "
+               "as a number on its own line in the form \"#### <number>\".")
+
+STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+_CALC_RE = re.compile(r"<<[^>]*>>")
+
+
+def normalize_number(text: str | None) -> str | None:
+    """``"$1,234.00."`` -> ``"1234"``; None when nothing numeric remains."""
+    if text is None:
+        return None
+    s = text.strip().replace(",", "").replace("$", "").rstrip(".")
+    if not s:
+        return None
+    try:
+        value = float(s)
+    except ValueError:
+        return None
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def extract_strict(completion: str) -> str | None:
+    m = STRICT_RE.search(completion)
+    return m.group(1).strip() if m else None
+
+
+def extract_flexible(completion: str) -> str | None:
+    matches = FLEXIBLE_RE.findall(completion)
+    if not matches:
+        return None
+    last = matches[-1]
+    return (last[0] or last[1]).strip()
+
+
+def gold_answer(answer: str) -> str:
+    return normalize_number(answer.split("####")[-1]) or ""
+
+
+def strip_calculator(answer: str) -> str:
+    """Drop the ``<<48/2=24>>`` calculator annotations of GSM8K solutions."""
+    return _CALC_RE.sub("", answer)
+
+
+def read_jsonl(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows of a jsonl(.gz) file; a malformed line fails with its number."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object "
+                                     f"per line with fields {', '.join(required)}") from None
+                missing = [k for k in required if not isinstance(row, dict) or k not in row]
+                if missing:
+                    raise UsageError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}; expected "
+                                     f"fields {', '.join(required)}")
+                rows.append(row)
+    except OSError as exc:
+        raise UsageError(f"cannot read data file {path} ({exc.strerror or exc}); check the path") from None
+    except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
+        raise UsageError(f"data file {path} is corrupt ({exc}); re-download it") from None
+    return rows
+
+
+@cache
+def _packaged(split: str) -> tuple[dict[str, Any], ...]:
+    path = DATA_DIR / f"{split}.jsonl.gz"
+    expected = dict(line.split()[::-1] for line in (DATA_DIR / "SHA256SUMS").read_text().splitlines())
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if hashlib.sha256(raw).hexdigest() != expected[f"{split}.jsonl"]:
+        raise UsageError(f"packaged {path} fails its checksum; reinstall sft-harness")
+    rows = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    return tuple(rows)
+
+
+def load_rows(source: str | None, split: str) -> list[dict[str, Any]]:
+    if source is None:
+        return list(_packaged(split))
+    path = Path(source).expanduser()
+    if path.exists() or source.endswith((".jsonl", ".jsonl.gz", ".json")):
+        if not path.exists():
+            raise UsageError(f"--gsm8k-data {source!r} does not exist; pass a jsonl file with question/answer fields")
+        return read_jsonl(path, ("question", "answer"))
+    return _load_hub(source, split)
+
+
+def _load_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError(f"--gsm8k-data {dataset_id!r} looks like a hub dataset id, which needs the "
+                         "'datasets' package (pip install datasets); or pass a local jsonl file") from None
+    try:
+        ds = datasets.load_dataset(dataset_id, "main", split=split)
+    except Exception as exc:
+        raise UsageError(f"cannot load hub dataset {dataset_id!r} ({type(exc).__name__}); "
+                         "pass a local jsonl file with --gsm8k-data") from None
+    return [{"question": r["question"], "answer": r["answer"]} for r in ds]
+
+
+class GSM8K:
+    """Grade-school math, exact match (strict #### and flexible last number)."""
+
+    name = "gsm8k"
+    version = "1"
+    turns = 1
+    needs_chat = True
+    metrics = (
+        MetricSpec("strict", key="strict", kind="binary", scale=100.0, primary=True),
+        MetricSpec("flexible", key="flexible", kind="binary", scale=100.0),
+    )
+
+    def __init__(self, options: Any) -> None:
+        if options.num_fewshot < 0:
+            raise UsageError(f"--num-fewshot must be >= 0, got {options.num_fewshot}")
+        self.num_fewshot = options.num_fewshot
+        self.seed = options.seed
+        self.max_tokens = options.max_tokens or 256
+        self.source = options.gsm8k_data
+        self._data_sha256: str | None = None
+
+    def load(self, limit: int | None = None) -> list[Example]:
+        rows = load_rows(self.source, "test")
+        self._data_sha256 = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+        rows = rows[:limit] if limit else rows
+        return [Example(id=f"gsm8k/{i}", data={"question": r["question"], "answer": r["answer"],
+                                               "gold": gold_answer(r["answer"])})
+                for i, r in enumerate(rows)]
+
+    def _fewshot(self) -> tuple[Message, ...]:
+        if not self.num_fewshot:
+            return ()
+        train = _packaged("train")
+        picks = random.Random(self.seed).sample(range(len(train)), self.num_fewshot)
+        turns: list[Message] = []
+        for i in picks:
+            turns.append(Message("user", f"{INSTRUCTION}\n\nQuestion: {train[i]['question']}"))
+            turns.append(Message("assistant", strip_calculator(train[i]["answer"])))
+        return tuple(turns)
+
+    def requests(self, examples: Sequence[Example], turn: int,
+                 prior: Mapping[str, Sequence[Completion]]) -> list[Request]:
+        shots = self._fewshot()
+        return [Request(id=ex.id, messages=(*shots, Message("user", f"{INSTRUCTION}\n\nQuestion: {ex.data['question']}")),
+                        max_tokens=self.max_tokens, temperature=0.0, seed=self.seed)
+                for ex in examples]
+
+    def score(self, examples: Sequence[Example], completions: Mapping[str, Sequence[Completion]],
+              ctx: Any) -> list[Result]:
+        return [score_one(ex, completions[ex.id][0]) for ex in examples]
+
+    def aggregate(self, results: Sequence[Result]) -> dict[str, float]:
+        scored = [r for r in results if r.error is None]
+        out: dict[str, float] = {"n": len(results), "scored": len(scored), "errors": len(results) - len(scored)}
+        for m in self.metrics:
+            mean, se = mean_stderr([r.scores[m.key] for r in scored])
+            out[m.name] = mean
+            out[f"{m.name}_stderr"] = se
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"prompt": "fewshot-chat" if self.num_fewshot else "zeroshot-chat", "num_fewshot": self.num_fewshot,
+                "max_tokens": self.max_tokens, "instruction": INSTRUCTION, "data": self.source or "packaged:test",
+                "data_sha256": self._data_sha256}
+
+
+def score_one(ex: Example, comp: Completion) -> Result:
+    if comp.error is not None:
+        return Result(id=ex.id, error=f"generation failed: {comp.error}")
+    text = comp.texts[0]
+    strict, flexible = extract_strict(text), extract_flexible(text)
+    gold = ex.data["gold"]
+    return Result(
+        id=ex.id,
+        scores={"strict": float(normalize_number(strict) == gold), "flexible": float(normalize_number(flexible) == gold)},
+        extracted={"strict": strict, "flexible": flexible, "gold": gold},
+    )
