@@ -262,6 +262,8 @@ def header(report: Report) -> list[str]:
 
 
 def _meta(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
     return "–" if v is None else str(v)
 
 

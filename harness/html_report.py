@@ -1,0 +1,81 @@
+"""The report as one self-contained HTML page: the same table as the markdown,
+the baseline comparison, and the PNG plots embedded (also written next to it).
+
+Significant changes against the baseline are tinted (green better, red worse,
+by the metric's direction). No JavaScript, no network: the page opens from a
+CI artifact or a file system as is.
+
+Example: ``harness report runs/A runs/B --baseline runs/A --format html --out reports/ab``
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.report import Report
+
+CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.better { background: #e3f6e3; } td.worse { background: #fbe3e3; }
+p.legend { max-width: 70em; font-size: 13px; color: #555; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+"""
+
+
+def to_html(report: Report, out: Path) -> str:
+    from harness.report import comparison_rows, header, legend
+
+    level = round(100 * (1 - report.alpha))
+    parts = ["<!doctype html>", "<html><head><meta charset='utf-8'><title>Evaluation report</title>",
+             f"<style>{CSS}</style></head><body>", "<h1>Evaluation report</h1>",
+             _table(header(report), [_run_row(report, run) for run in report.runs]),
+             f"<p class='legend'>{html.escape(legend(report))}</p>"]
+    comp = comparison_rows(report)
+    if comp:
+        parts += [f"<h2>Compared with baseline <code>{html.escape(report.baseline.label)}</code></h2>",
+                  _table(["run", "metric", "baseline", "run", "Δ", f"{level}% CI of Δ", "test", "p", "paired",
+                          "worse / better", "significant"], [[(c, "") for c in r] for r in comp])]
+    if report.plots:
+        parts.append("<h2>Plots</h2>")
+        parts += [_img(Path(out) / name) for name in report.plots]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _run_row(report: Report, run: Any) -> list[tuple[str, str]]:
+    from harness.report import find_row, metric_columns, run_cells
+
+    texts = run_cells(report, run)
+    n_meta = len(texts) - len(metric_columns(report)) - len({t for t, _ in metric_columns(report)})
+    classes = [""] * len(texts)
+    for j, (task, metric) in enumerate(metric_columns(report)):
+        classes[n_meta + j] = _tint(run, find_row(report, run, task, metric))
+    return list(zip(texts, classes, strict=True))
+
+
+def _tint(run: Any, row: dict[str, Any] | None) -> str:
+    if not row or not row.get("significant"):
+        return ""
+    spec = next(s for s in run.tasks[row["task"]].specs if s.name == row["metric"])
+    better = (row["delta"] > 0) == spec.higher_is_better
+    return "better" if better else "worse"
+
+
+def _table(head: list[str], rows: list[list[tuple[str, str]]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td class='{c}'>{html.escape(t)}</td>" if c else f"<td>{html.escape(t)}</td>"
+                                    for t, c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    alt = html.escape(path.name)
+    return f"<figure><img alt='{alt}' src='data:image/png;base64,{data}'><figcaption>{alt}</figcaption></figure>"

@@ -1,0 +1,209 @@
+"""PNG plots written next to a report (matplotlib, Agg backend; optional).
+
+* ``bars.png``: per task, every metric as grouped bars across runs with
+  their confidence-interval whiskers.
+* ``composition.png`` (when runs carry ``k`` or ``fraction`` in their
+  metadata, as ``harness study`` writes it): each ability (task's primary
+  metric) against the parameter on a log axis, one line per strategy/stage,
+  k = 0 drawn at a marked position left of the smallest non-zero value; runs
+  without the parameter appear as dashed reference lines. The shape of Dong
+  et al. (2023), "How Abilities in Large Language Models are Affected by
+  Supervised Fine-tuning Data Composition", k-ablation figure.
+* ``abilities.png``: a radar chart of the abilities per run, each axis
+  relative to the best run on it (a bar summary when there are fewer than
+  three axes).
+
+Example: ``harness report runs/* --format md,html --out reports/study``
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.report import Report
+
+log = logging.getLogger("harness")
+DPI = 110
+
+
+def write_plots(report: Report, out: Path) -> list[str]:
+    """Write the plots that apply to this report into ``out``; return their file names."""
+    try:
+        import matplotlib
+    except ImportError:
+        log.warning("plots skipped: matplotlib is not installed (pip install 'sft-harness[report]')")
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, draw in (("bars.png", _bars), ("composition.png", _composition), ("abilities.png", _abilities)):
+        fig = draw(report, plt)
+        if fig is None:
+            continue
+        fig.savefig(out / name, dpi=DPI, bbox_inches="tight")
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def _series(report: Report, task: str, metric: str) -> list[tuple[Any, dict[str, Any] | None]]:
+    from harness.report import find_row
+    return [(run, find_row(report, run, task, metric)) for run in report.runs]
+
+
+def _unit(report: Report, task: str) -> str:
+    for run in report.runs:
+        if task in run.tasks:
+            return "%" if run.tasks[task].specs[0].scale >= 10 else "score"
+    return ""
+
+
+def _yerr(rows: list[dict[str, Any] | None]) -> list[list[float]]:
+    lo = [max(0.0, r["value"] - r["ci_low"]) if r and math.isfinite(r["ci_low"]) else 0.0 for r in rows]
+    hi = [max(0.0, r["ci_high"] - r["value"]) if r and math.isfinite(r["ci_high"]) else 0.0 for r in rows]
+    return [lo, hi]
+
+
+def _bars(report: Report, plt: Any) -> Any:
+    from harness.report import find_row, metric_columns, task_names
+
+    tasks = task_names(report)
+    metrics = {t: [m for tt, m in metric_columns(report) if tt == t] for t in tasks}
+    n_runs = len(report.runs)
+    width_in = min(18.0, 1.5 * len(tasks) + 0.3 * n_runs * sum(len(m) for m in metrics.values()) + 1)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(5.0, width_in), 4), squeeze=False,
+                             gridspec_kw={"width_ratios": [len(metrics[t]) for t in tasks]})
+    width = 0.8 / n_runs
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for i, run in enumerate(report.runs):
+            rows = [find_row(report, run, task, m) for m in metrics[task]]
+            vals = [r["value"] if r and math.isfinite(r["value"]) else 0.0 for r in rows]
+            xs = [j + (i - (n_runs - 1) / 2) * width for j in range(len(rows))]
+            ax.bar(xs, vals, width, yerr=_yerr(rows), capsize=3, label=run.label, color=f"C{i % 10}")
+        ax.set_xticks(range(len(metrics[task])), metrics[task])
+        ax.set_title(task)
+        ax.set_ylabel(_unit(report, task))
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(n_runs, 4), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(f"Metrics per run with {round(100 * (1 - report.alpha))}% confidence intervals")
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * ((n_runs - 1) // 4), 1, 1))
+    return fig
+
+
+def _tick(v: float) -> str:
+    """0.0625 -> "1/16" (the paper's k labels), 0.3 -> "0.3", 1 -> "1"."""
+    if 0 < v < 1 and abs(1 / v - round(1 / v)) < 1e-6:
+        return f"1/{round(1 / v)}"
+    return f"{v:.3g}"
+
+
+def composition_param(report: Report) -> str | None:
+    for key in ("k", "fraction"):
+        if any(_num(r.metadata.get(key)) is not None for r in report.runs):
+            return key
+    return None
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f >= 0 else None
+
+
+def _composition(report: Report, plt: Any) -> Any:
+    from harness.report import task_names
+
+    param = composition_param(report)
+    if param is None:
+        return None
+    values = [v for r in report.runs if (v := _num(r.metadata.get(param))) is not None]
+    positive = [v for v in values if v > 0] or [1.0]
+    zero_at = min(positive) / 4  # where k = 0 is drawn on the log axis
+    tasks = task_names(report)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        _composition_panel(ax, report, task, param, zero_at)
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.suptitle(f"Abilities against {param} (log axis; {param} = 0 at the marked position)")
+    return fig
+
+
+def _composition_panel(ax: Any, report: Report, task: str, param: str, zero_at: float) -> None:
+    run0 = next(r for r in report.runs if task in r.tasks)
+    metric = run0.tasks[task].specs[0].name
+    groups: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    for i, (run, row) in enumerate(_series(report, task, metric)):
+        if row is None or not math.isfinite(row["value"]):
+            continue
+        v = _num(run.metadata.get(param))
+        if v is None:  # a reference run (e.g. multi-task) without the parameter
+            ax.axhline(row["value"], ls="--", lw=1, color=f"C{(i + 5) % 10}", label=run.label)
+            continue
+        key = " ".join(str(run.metadata[k]) for k in ("strategy", "stage") if run.metadata.get(k) is not None)
+        groups.setdefault(key or run.label, []).append((v if v > 0 else zero_at, row))
+    for j, (name, pts) in enumerate(sorted(groups.items())):
+        pts.sort(key=lambda p: p[0])
+        rows = [p[1] for p in pts]
+        ax.errorbar([p[0] for p in pts], [r["value"] for r in rows], yerr=_yerr(rows), marker="o", capsize=3,
+                    label=name, color=f"C{j % 10}")
+    ax.set_xscale("log")
+    ax.axvline(zero_at, color="grey", lw=0.8, ls=":")
+    ticks = sorted({p[0] for pts in groups.values() for p in pts})
+    ax.set_xticks(ticks, ["0" if t == zero_at else _tick(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(param)
+    ax.set_ylabel(f"{metric} ({_unit(report, task)})")
+    ax.set_title(task)
+    ax.grid(alpha=0.3)
+
+
+def _abilities(report: Report, plt: Any) -> Any:
+    from harness.report import metric_columns
+
+    cols = metric_columns(report)
+    primary = [(t, m) for t, m in cols if any(t in r.tasks and r.tasks[t].specs[0].name == m for r in report.runs)]
+    axes_ = primary if len(primary) >= 3 else cols
+    rel = {}
+    for t, m in axes_:
+        vals = {run.path: (row["value"] if row and math.isfinite(row["value"]) else 0.0)
+                for run, row in _series(report, t, m)}
+        best = max(vals.values(), default=0.0)
+        rel[(t, m)] = {p: (v / best if best > 0 else 0.0) for p, v in vals.items()}
+    labels = [f"{t} {m}" for t, m in axes_]
+    if len(axes_) < 3:
+        return _summary_bars(report, plt, axes_, labels, rel)
+    angles = [2 * math.pi * i / len(axes_) for i in range(len(axes_))]
+    fig, ax = plt.subplots(figsize=(6, 6), subplot_kw={"projection": "polar"})
+    for i, run in enumerate(report.runs):
+        r = [rel[a][run.path] for a in axes_]
+        ax.plot(angles + angles[:1], r + r[:1], color=f"C{i % 10}", label=run.label)
+        ax.fill(angles + angles[:1], r + r[:1], color=f"C{i % 10}", alpha=0.1)
+    ax.set_xticks(angles, labels)
+    ax.tick_params(axis="x", pad=12)
+    ax.set_rlabel_position(180 / len(axes_))  # radial labels between the first two axes, off the axis labels
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.3, 1.1))
+    ax.set_title("Abilities per run (1 = best run on each axis)")
+    return fig
+
+
+def _summary_bars(report: Report, plt: Any, axes_: list, labels: list[str], rel: dict) -> Any:
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.6 * len(report.runs) * len(axes_)))
+    height = 0.8 / len(report.runs)
+    for i, run in enumerate(report.runs):
+        ys = [j + i * height for j in range(len(axes_))]
+        ax.barh(ys, [rel[a][run.path] for a in axes_], height, color=f"C{i % 10}", label=run.label)
+    ax.set_yticks([j + (len(report.runs) - 1) * height / 2 for j in range(len(axes_))], labels)
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("relative to the best run on each metric")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Abilities per run")
+    return fig
