@@ -403,7 +403,7 @@ def train_one(stage: Stage, cfg: TrainConfig, init: str, out: Path, meta: dict[s
 # -- a tiny random model for tests, examples and benchmarks -------------------------------------
 
 
-def build_tiny_llama(out: Path, texts: Sequence[str], vocab_size: int = 512, hidden: int = 64,
+def build_tiny_llama(out: Path, texts: Sequence[str], vocab_size: int = 2048, hidden: int = 64,
                      layers: int = 2, seed: int = 0) -> Path:
     """A random LlamaForCausalLM with a byte-level BPE trained on ``texts`` and the ChatML template."""
     import torch
