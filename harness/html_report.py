@@ -70,9 +70,14 @@ def _tint(run: Any, row: dict[str, Any] | None) -> str:
 
 def _table(head: list[str], rows: list[list[tuple[str, str]]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td class='{c}'>{html.escape(t)}</td>" if c else f"<td>{html.escape(t)}</td>"
+    body = "".join("<tr>" + "".join(f"<td class='{c}'>{_lines(t)}</td>" if c else f"<td>{_lines(t)}</td>"
                                     for t, c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _lines(text: str) -> str:
+    """The markdown cell, with the delta and each count on its own line."""
+    return html.escape(text).replace(" Δ ", "<br>Δ ").replace(" · ", "<br>")
 
 
 def _img(path: Path) -> str:
