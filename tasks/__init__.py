@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 # name -> "module:class"
 REGISTRY: dict[str, str] = {
     "gsm8k": "harness.tasks.gsm8k:GSM8K",
+    "humaneval": "harness.tasks.humaneval:HumanEval",
     "mt_bench": "harness.tasks.mt_bench:MTBench",
 }
 

