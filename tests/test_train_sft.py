@@ -11,8 +11,6 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from harness.errors import UsageError  # noqa: E402
-from harness.records import Message  # noqa: E402
 from harness.train import strategies as S  # noqa: E402
 from harness.train.data import Conversation, SourceSpec, load_source, subsample  # noqa: E402
 from harness.train.sft import (  # noqa: E402
@@ -29,6 +27,9 @@ from harness.train.sft import (  # noqa: E402
     pack,
     train_stages,
 )
+
+from harness.errors import UsageError  # noqa: E402
+from harness.records import Message  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 EXAMPLES = Path(__file__).parent.parent / "train" / "examples"
