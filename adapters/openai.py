@@ -142,6 +142,7 @@ class OpenAIAdapter:
         self.options = ClientOptions.from_args(dict(spec.args))
         self.endpoint = resolve_endpoint(spec, self.options, role)
         self.name = f"openai:{spec.target}"
+        _quiet_http_logs()
         if check:
             health_check(spec, role)
         self._openai = openai
@@ -188,8 +189,7 @@ class OpenAIAdapter:
                     on_result(i, comp)
         except _ServerGone as exc:
             done = sum(c is not None for c in out)
-            raise EngineError(f"{exc}; {done} of {len(requests)} requests of this pass finished and are kept") \
-                from None
+            raise EngineError(f"{exc}; {done} of {len(requests)} requests of this pass had finished") from None
         finally:
             for t in tasks:
                 t.cancel()
@@ -257,6 +257,14 @@ class OpenAIAdapter:
             messages = [{"role": m.role, "content": m.content} for m in req.messages]
             resp = await self._client.chat.completions.create(messages=messages, **common)
         return _to_completion(req, resp)
+
+
+def _quiet_http_logs() -> None:
+    """The HTTP client logs every request at INFO; the runner owns progress (one bar per pass)."""
+    for name in ("httpx", "httpx2", "openai"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
 
 
 def _to_completion(req: Request, resp: Any) -> Completion:
@@ -329,6 +337,7 @@ def health_check(spec: ModelSpec, role: Role = "judge", timeout: float = HEALTH_
     (with check_model) a model the server does not serve is a UsageError (exit 2)."""
     import openai
 
+    _quiet_http_logs()
     opts = ClientOptions.from_args(dict(spec.args), flag="--judge-args" if role == "judge" else "--model-args")
     ep = resolve_endpoint(spec, opts, role)
     flag = "--judge-base-url" if role == "judge" else "--base-url"

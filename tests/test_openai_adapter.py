@@ -14,10 +14,10 @@ import threading
 import time
 
 import pytest
-from openai_stub import Reply, StubServer, echo, echo_text, fail_first, script
-
 from harness.adapters import preflight_judge
 from harness.adapters.openai import OpenAIAdapter, health_check
+from openai_stub import Reply, StubServer, echo, echo_text, fail_first, script
+
 from harness.errors import EngineError, UsageError
 from harness.models import ModelSpec
 from harness.records import Message, Request
@@ -122,9 +122,9 @@ def test_order_preserved_and_callbacks_in_calling_thread():
 
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_concurrency_bound(concurrency):
-    with StubServer(lambda call: Reply(text="ok", delay=0.2)) as stub:
+    with StubServer(lambda call: Reply(text="ok", delay=0.15)) as stub:
         a = adapter(stub, concurrency=concurrency)
-        out = a.generate([chat(i) for i in range(12)])
+        out = a.generate([chat(i) for i in range(8)])
         a.close()
     assert all(c.error is None for c in out)
     assert stub.max_in_flight == concurrency  # whole batch submitted, never more than the bound
