@@ -87,14 +87,14 @@ _DENY = ("os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.s
 
 def _make_hook(write, fd, deny):
     def hook(event, args):
-        bad = event in deny
+        what = event if event in deny else None
         if event == "import" and args and args[0] in ("ctypes", "_ctypes", "cffi", "_posixsubprocess"):
-            bad = True
+            what = "import " + args[0]
         if event == "open" and args and isinstance(args[0], str) and args[0].startswith("/proc/") \
                 and args[0].endswith("/mem"):
-            bad = True
-        if bad:
-            write(fd, ("VIOLATION " + event + "\n").encode())
+            what = "open " + args[0][:100]
+        if what:
+            write(fd, ("VIOLATION " + what + "\n").encode())
             raise PermissionError("sandbox: " + event + " is not allowed")
     return hook
 
@@ -125,12 +125,23 @@ def _describe(exc):
     name = type(exc).__name__
     return (name + ": " + msg if msg else name)[:500].replace("\n", " ")
 
+def _flush(streams):
+    for s in streams:
+        try:
+            s.flush()
+        except BaseException:
+            pass
+
 def _main():
     write, exit_, fd = os.write, os._exit, int(sys.argv[1])
+    streams = (sys.stdout, sys.stderr)  # the real ones, even if the program swaps sys.stdout
     job = json.loads(sys.stdin.buffer.read())
     nul = os.open(os.devnull, os.O_RDONLY); os.dup2(nul, 0); os.close(nul)
     nonce = job["nonce"]
     _limits(job["limits"], job["slot_uid"])
+    import _sitebuiltins  # -S skips site, which is what defines exit() and quit()
+    builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+    builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
     for name in job["preload"]:
         try:
             importlib.import_module(name)
@@ -152,9 +163,11 @@ def _main():
         test_ns["check"](ns[job["entry_point"]])
     except BaseException as exc:
         patched = _changed(snap)
+        _flush(streams)
         write(fd, (("VIOLATION " + patched) if patched else ("FAIL " + _describe(exc))).encode() + b"\n")
         exit_(1)
     patched = _changed(snap)
+    _flush(streams)
     write(fd, (("VIOLATION " + patched) if patched else ("PASS " + nonce)).encode() + b"\n")
     exit_(0)
 

