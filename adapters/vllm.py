@@ -323,6 +323,11 @@ class DataParallelEngine:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+        # Let the engine's output handler see its cancellation before the loop closes.
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.close()
 
 
