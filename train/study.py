@@ -325,7 +325,11 @@ def resolve_base(study: Study) -> Any:
     elif not Path(target).expanduser().exists():
         check_model_target(ModelSpec("hf", target), flag="base_model")
         from huggingface_hub import snapshot_download
-        target = snapshot_download(target)
+        try:
+            target = snapshot_download(target)
+        except Exception as exc:  # offline, gated, missing: the user's to fix
+            raise UsageError(f"base_model {study.base_model!r} cannot be fetched from the hub ({exc}); "
+                             "pass a local checkpoint directory") from None
     else:
         check_model_target(ModelSpec("hf", target), flag="base_model")
     return BaseModel(str(Path(target).expanduser().resolve()), fingerprint_checkpoint(Path(target).expanduser()))
