@@ -121,9 +121,7 @@ class StubServer:
         self.max_in_flight = 0
         self.dead = False  # set by kill(): open connections are dropped, new ones refused
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
+        self._server = _Server(("127.0.0.1", port), _handler(self))
         self._thread: threading.Thread | None = None
 
     @property
@@ -183,6 +181,12 @@ class StubServer:
     def _done(self) -> None:
         with self._lock:
             self.in_flight -= 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 1024  # the default backlog of 5 drops bursts of 64 new connections (1 s SYN retry)
 
 
 def _content(path: str, body: Mapping[str, Any]) -> str:
