@@ -109,3 +109,26 @@ def test_ids_are_stable_content_hashes():
     a, _ = convert(read_records(str(FIX / "alpaca_ok.json")), "alpaca", "code")
     b, _ = convert(read_records(str(FIX / "alpaca_ok.json")), "alpaca", "code")
     assert [c.id for c in a] == [c.id for c in b] and a[0].id != a[1].id and a[0].id.startswith("code:")
+
+
+def test_hub_dataset_ids_go_through_datasets(monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    def load_dataset(name, split):
+        calls.append((name, split))
+        return [{"instruction": "Say hi.", "input": "", "output": "hi"}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    convs, stats = load_source(SourceSpec("code", "sahil280114/codealpaca", "alpaca", split="train"))
+    assert calls == [("sahil280114/codealpaca", "train")] and stats.kept == 1
+    assert convs[0].messages[1].content == "hi"
+
+    def offline(name, split):
+        raise ConnectionError("offline")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    with pytest.raises(UsageError, match="cannot be loaded: offline"):
+        load_source(SourceSpec("code", "org/missing", "alpaca"))
