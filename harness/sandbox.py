@@ -1,30 +1,34 @@
-"""Run untrusted Python (model-written HumanEval programs) in a fresh, isolated process.
+"""Run untrusted Python (model-written HumanEval programs) in fresh, isolated processes.
 
-Each program runs in its own new interpreter, never in the harness process.
-Layers, outermost first (docs/humaneval.md has the threat model):
+Programs never run in the harness process. Each worker owns one long-lived
+server (``SERVER``: a trusted interpreter that never runs model code) which
+forks a fresh child per program, the way multiprocessing's forkserver does;
+the child sets itself up and runs one program, then everything it left is
+killed and its files removed. Layers, outermost first (docs/humaneval.md has
+the threat model):
 
 1. bubblewrap (``bwrap``) when it is installed and passes a self-test: an empty
    root with only the interpreter and system libraries bound read-only, a
-   private size-capped tmpfs ``/tmp`` as working directory, read-only ``/dev``,
-   new PID, network, IPC and UTS namespaces (no network at all), all
-   capabilities dropped, killed with its parent. Otherwise ``rlimits-only``,
+   private size-capped tmpfs ``/tmp``, read-only ``/dev``, new PID, network,
+   IPC and UTS namespaces (no network at all), capabilities dropped except
+   setuid/setgid, killed with its parent. Otherwise ``rlimits-only``,
    announced loudly and recorded as the isolation level.
-2. The runner (``RUNNER``, trusted code that runs before the program): rlimits
-   (CPU, address space, file size, processes, open files, no core dumps), a
-   dedicated unprivileged uid per worker when the harness runs as root (root
-   ignores RLIMIT_NPROC and file permissions), stdin replaced by /dev/null, a
-   scrubbed environment (PATH, LANG, HOME=/tmp only).
+2. The child's trusted set-up: rlimits (CPU, address space, file size,
+   processes, open files, no core dumps); when the harness runs as root, a
+   dedicated unprivileged uid per worker (root ignores RLIMIT_NPROC and file
+   permissions); stdin /dev/null; a scrubbed environment (PATH, LANG, HOME);
+   a private working directory.
 3. An audit hook (PEP 578; Python offers no way to remove one) that refuses
-   process creation, signals, sockets, ctypes, gc/frame-enumeration and
-   tracing APIs, and reading process memory; each refusal is reported as a
-   sandbox violation even if the program catches the exception.
+   process creation, signals, sockets, ctypes, gc object enumeration,
+   tracing and reading process memory; each refusal is reported as a sandbox
+   violation even if the program catches the exception.
 
-A program passes only when the runner itself writes ``PASS <nonce>`` to a
+A program passes only when the trusted code writes ``PASS <nonce>`` to a
 private pipe after ``check(candidate)`` returned and the modules and builtins
-the tests rely on are unchanged. The nonce is random per execution, so
+the tests use are unchanged. The nonce is random per program, so
 ``sys.exit(0)``, ``os._exit(0)`` or a killed parent read as failures. The
-parent enforces a wall-clock timeout (killing the whole sandbox) and an
-output cap.
+server enforces the wall-clock timeout and the output cap; the harness
+restarts a server that stops answering.
 
 Example: ``python -m harness.sandbox`` runs a self-test and prints the isolation level.
 """
@@ -44,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -56,7 +61,11 @@ log = logging.getLogger("harness")
 Isolation = Literal["bubblewrap", "rlimits-only"]
 Status = Literal["passed", "failed", "timed out", "sandbox violation"]
 
-SLOT_UID_BASE = 61000  # uid of worker slot i when the harness runs as root: 61000 + i
+# When the harness runs as root, worker slot i runs programs as uid base + i,
+# with a random base per Sandbox far above login, systemd-dynamic (61184-65519)
+# and usual subuid ranges, so two sandboxes never share a uid: RLIMIT_NPROC
+# and the kill(-1) clean-up are per uid.
+SLOT_UID_BASE = 1_500_000_000
 _RESULT_CAP = 64 * 1024
 
 # The interpreter runs with -I -S: isolated mode (no PYTHON* variables, no
@@ -64,8 +73,14 @@ _RESULT_CAP = 64 * 1024
 # (it also halves start-up time).
 PYTHON_FLAGS = ("-I", "-S")
 
-RUNNER = r'''
-import builtins, importlib, json, os, resource, sys
+SERVER = r'''
+import builtins, importlib, json, os, resource, select, shutil, signal, sys, time
+import _sitebuiltins
+
+# Imported once here, shared by every child through fork: no per-program cost.
+for _name in ("math", "re", "typing", "collections", "itertools", "functools", "heapq", "string", "random",
+              "hashlib", "copy", "operator", "bisect", "fractions", "statistics", "decimal"):
+    importlib.import_module(_name)
 
 def _limits(lim, slot_uid):
     R = resource
@@ -132,15 +147,15 @@ def _flush(streams):
         except BaseException:
             pass
 
-def _main():
-    write, exit_, fd = os.write, os._exit, int(sys.argv[1])
+def _check(job, fd, workdir):
+    # Runs in the forked child: trusted set-up, then the program, then the tests.
+    write, exit_ = os.write, os._exit
     streams = (sys.stdout, sys.stderr)  # the real ones, even if the program swaps sys.stdout
-    job = json.loads(sys.stdin.buffer.read())
-    nul = os.open(os.devnull, os.O_RDONLY); os.dup2(nul, 0); os.close(nul)
     nonce = job["nonce"]
     _limits(job["limits"], job["slot_uid"])
-    import _sitebuiltins  # -S skips site, which is what defines exit() and quit()
-    builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+    os.mkdir(workdir, 0o700)  # created by the slot uid, so it can write there and nowhere else
+    os.chdir(workdir)
+    builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")  # -S skips site, which defines them
     builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
     for name in job["preload"]:
         try:
@@ -171,7 +186,115 @@ def _main():
     write(fd, (("VIOLATION " + patched) if patched else ("PASS " + nonce)).encode() + b"\n")
     exit_(0)
 
-_main()
+def _spawn(job, workdir):
+    res_r, res_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            nul = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(nul, 0); os.dup2(out_w, 1); os.dup2(out_w, 2); os.dup2(res_w, 3)
+            os.closerange(4, 65536)  # the server's control pipes included
+            _check(job, 3, workdir)
+        finally:
+            os._exit(70)
+    os.close(res_w); os.close(out_w)
+    return pid, res_r, out_r
+
+def _collect(res_r, out_r, deadline, cap):
+    open_fds, result, output = {res_r, out_r}, bytearray(), bytearray()
+    timed_out = overflow = False
+    while open_fds and not overflow:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        for fd in select.select(list(open_fds), [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.discard(fd)
+            elif fd == res_r:
+                result += chunk[: max(0, 65536 - len(result))]
+            else:
+                output += chunk
+                overflow = len(output) > cap
+    return bytes(result), bytes(output[:4096]), timed_out, overflow
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+def _cleanup(slot_uid, tmp, workdir, wipe):
+    # As the slot uid: kill whatever the program left running, then remove
+    # every file it owns in tmp (root without CAP_DAC_OVERRIDE could not).
+    if slot_uid is None:
+        _remove(workdir)
+        for entry in os.listdir(tmp) if wipe else ():
+            _remove(os.path.join(tmp, entry))
+        return
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setgroups([]); os.setgid(slot_uid); os.setuid(slot_uid)
+            os.kill(-1, signal.SIGKILL)
+            for entry in os.listdir(tmp):
+                path = os.path.join(tmp, entry)
+                if os.lstat(path).st_uid == slot_uid:
+                    _remove(path)
+        finally:
+            os._exit(0)
+    os.waitpid(helper, 0)
+
+def _reap(pid, job, workdir):
+    # The child runs as the slot uid, which the server (no CAP_KILL) can only
+    # signal through a helper of the same uid; killpg covers the non-root case.
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    _cleanup(job["slot_uid"], job["tmp"], workdir, job["wipe_tmp"])
+    status = os.waitpid(pid, 0)[1]
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+def _one(job):
+    workdir = os.path.join(job["tmp"], "harness-job-" + job["nonce"][:16])
+    t0 = time.monotonic()
+    pid, res_r, out_r = _spawn(job, workdir)
+    result, output, timed_out, overflow = _collect(res_r, out_r, t0 + job["limits"]["timeout"],
+                                                   job["limits"]["output_bytes"])
+    duration = time.monotonic() - t0
+    returncode = _reap(pid, job, workdir)
+    os.close(res_r); os.close(out_r)
+    return {"result": result.decode("utf-8", "replace"), "output": output.decode("utf-8", "replace"),
+            "timed_out": timed_out, "overflow": overflow, "returncode": returncode, "duration": duration}
+
+def _read_exact(fd, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            os._exit(0)  # the harness is gone
+        buf += chunk
+    return bytes(buf)
+
+def _serve():
+    ctl_in, ctl_out = os.dup(0), os.dup(1)
+    nul = os.open(os.devnull, os.O_RDWR)
+    os.dup2(nul, 0); os.dup2(nul, 1)
+    while True:
+        job = json.loads(_read_exact(ctl_in, int(_read_exact(ctl_in, 12))))
+        reply = json.dumps(_one(job)).encode()
+        view = memoryview(b"%012d" % len(reply) + reply)
+        while view:
+            view = view[os.write(ctl_out, view):]
+
+_serve()
 '''
 
 
@@ -293,14 +416,17 @@ class Sandbox:
     def __init__(self, limits: Limits | None = None, isolation: str = "auto", workers: int | None = None,
                  audit: bool = True) -> None:
         self.limits = limits or Limits()
-        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.workers = min(64, max(1, workers or os.cpu_count() or 1))
         self.audit = audit
         self.isolation, self.fallback_reason = _resolve_isolation(isolation, self.limits)
         bwrap = find_bwrap() if self.isolation == "bubblewrap" else None
-        self._prefix = bwrap_command(bwrap, self.limits) if bwrap else []
+        cmd = [*(bwrap_command(bwrap, self.limits) if bwrap else []), sys.executable, *PYTHON_FLAGS, "-c", SERVER]
+        self._servers = [_Server(cmd) for _ in range(self.workers)]
+        self._uid_base = SLOT_UID_BASE + secrets.randbelow(1 << 20) * 64 if os.geteuid() == 0 else None
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(self.workers):
             self._slots.put(slot)
+        weakref.finalize(self, _close_all, self._servers)
         if self.fallback_reason:
             log.warning("SANDBOX: bubblewrap unavailable (%s); running model code with rlimits-only isolation "
                         "(no filesystem, network or PID isolation). Install it: apt-get install -y bubblewrap "
@@ -309,7 +435,7 @@ class Sandbox:
     def describe(self) -> dict[str, Any]:
         """Everything that can change a verdict; part of the execution cache key."""
         return {"isolation": self.isolation, "limits": asdict(self.limits), "audit": self.audit,
-                "runner_sha256": _runner_hash(), "python": sys.version.split()[0],
+                "server_sha256": _server_hash(), "python": sys.version.split()[0],
                 "fallback_reason": self.fallback_reason}
 
     def run_many(self, programs: Sequence[Program],
@@ -334,129 +460,121 @@ class Sandbox:
         finally:
             self._slots.put(slot)
 
+    def close(self) -> None:
+        _close_all(self._servers)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _run(self, program: Program, slot: int) -> Verdict:
         nonce = secrets.token_hex(16)
+        bwrapped = self.isolation == "bubblewrap"
         job = {"nonce": nonce, "limits": asdict(self.limits), "audit": self.audit,
-               "slot_uid": SLOT_UID_BASE + slot if os.geteuid() == 0 else None,
+               "slot_uid": None if self._uid_base is None else self._uid_base + slot,
+               "tmp": "/tmp" if bwrapped else tempfile.gettempdir(), "wipe_tmp": bwrapped,
                "preload": sorted(program.preload), "setup": program.setup,
                "program": program.program, "test": program.test, "entry_point": program.entry_point}
-        workdir = None if self.isolation == "bubblewrap" else _private_dir(job["slot_uid"])
-        res_r, res_w = os.pipe()
-        cmd = [sys.executable, *PYTHON_FLAGS, "-c", RUNNER, str(res_w)]
-        cmd = [*self._prefix, *cmd]
         t0 = time.monotonic()
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    pass_fds=(res_w,), start_new_session=True, cwd=workdir or "/",
-                                    env=_clean_env(workdir or "/tmp"))
-        finally:
-            os.close(res_w)
-        try:
-            threading.Thread(target=_feed, args=(proc, json.dumps(job).encode()), daemon=True).start()
-            io = _collect(proc, res_r, t0 + self.limits.timeout, self.limits.output_bytes)
-        finally:
-            os.close(res_r)
-            _kill(proc)
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
-        return _verdict(io, nonce, proc.returncode, time.monotonic() - t0)
+        reply = self._servers[slot].call(job, self.limits.timeout + 30)
+        if reply is None:  # the server itself hung or died: count it, restart it for the next program
+            return Verdict("failed", "sandbox server died", round(time.monotonic() - t0, 4))
+        return _verdict(reply, nonce)
 
 
-@dataclass(frozen=True)
-class _IO:
-    result: bytes
-    output: bytes
-    timed_out: bool
-    overflow: bool
+class _Server:
+    """One long-lived sandboxed server (bwrap + trusted interpreter) that forks
+    a fresh child per program; restarted if it dies or stops answering."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.cmd = cmd
+        self.proc: subprocess.Popen | None = None
+        self.lock = threading.Lock()
+
+    def call(self, job: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=subprocess.DEVNULL, start_new_session=True, cwd="/",
+                                             env=_clean_env("/tmp"))
+            data = json.dumps(job).encode()
+            try:
+                self.proc.stdin.write(b"%012d" % len(data) + data)
+                self.proc.stdin.flush()
+                reply = _read_reply(self.proc.stdout.fileno(), time.monotonic() + timeout)
+            except OSError:
+                reply = None
+            if reply is None:
+                self.stop()
+            return reply
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # bwrap takes its namespace down with it
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()
+        self.proc = None
 
 
-def _feed(proc: subprocess.Popen, data: bytes) -> None:
-    try:
-        proc.stdin.write(data)
-        proc.stdin.close()
-    except OSError:
-        pass  # the sandbox died before reading its job; the verdict says so
+def _close_all(servers: list[_Server]) -> None:
+    for s in servers:
+        s.stop()
 
 
-def _collect(proc: subprocess.Popen, res_fd: int, deadline: float, cap: int) -> _IO:
-    """Read the result pipe and capped output until both close or the deadline passes."""
-    out_fd = proc.stdout.fileno()
-    open_fds, result, output = {out_fd, res_fd}, bytearray(), bytearray()
-    timed_out = overflow = False
-    while open_fds:
+def _read_reply(fd: int, deadline: float) -> dict[str, Any] | None:
+    buf, need = bytearray(), 12
+    header_done = False
+    while len(buf) < need:
         left = deadline - time.monotonic()
-        if left <= 0:
-            timed_out = True
-            break
-        ready, _, _ = select.select(list(open_fds), [], [], min(left, 1.0))
-        for fd in ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                open_fds.discard(fd)
-            elif fd == res_fd:
-                result += chunk[: max(0, _RESULT_CAP - len(result))]
-            else:
-                output += chunk
-                if len(output) > cap:
-                    overflow = True
-                    open_fds.clear()
-                    break
-    return _IO(bytes(result), bytes(output[:4096]), timed_out, overflow)
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, need - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+        if not header_done and len(buf) == 12:
+            need, buf, header_done = int(buf), bytearray(), True
+    return json.loads(buf)
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """Kill the sandbox's process group (bwrap takes its namespace down with it)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
-
-
-def _verdict(io: _IO, nonce: str, returncode: int | None, duration: float) -> Verdict:
+def _verdict(reply: dict[str, Any], nonce: str) -> Verdict:
     from harness.env import scrub
 
-    lines = io.result.decode("utf-8", "replace").splitlines()
-    output = scrub(io.output.decode("utf-8", "replace"))[:2000]
-    d = round(duration, 4)
+    lines = reply["result"].splitlines()
+    output = scrub(reply["output"])[:2000]
+    d, rc = round(reply["duration"], 4), reply["returncode"]
     violation = next((ln[10:] for ln in lines if ln.startswith("VIOLATION ")), None)
     if violation:
         return Verdict("sandbox violation", scrub(violation)[:500], d, output)
-    if io.overflow:
+    if reply["overflow"]:
         return Verdict("sandbox violation", "output limit exceeded", d, output)
-    if io.timed_out:
+    if reply["timed_out"]:
         return Verdict("timed out", "", d, output)
     if f"PASS {nonce}" in lines:
         return Verdict("passed", "", d, output)
     fail = next((ln[5:] for ln in lines if ln.startswith("FAIL ")), None)
     if fail is not None:
         return Verdict("failed", scrub(fail)[:500], d, output)
-    if returncode is not None and returncode < 0:
-        sig = signal.Signals(-returncode).name if -returncode in signal.Signals._value2member_map_ else -returncode
+    if rc < 0:
+        sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
         if sig == "SIGXCPU":
             return Verdict("timed out", "CPU limit", d, output)
         return Verdict("failed", f"killed by {sig} before the tests finished", d, output)
-    return Verdict("failed", f"exited with code {returncode} before the tests finished", d, output)
-
-
-def _private_dir(slot_uid: int | None) -> str:
-    path = tempfile.mkdtemp(prefix="harness-sandbox-")
-    if slot_uid is not None:
-        os.chown(path, slot_uid, slot_uid)
-    return path
+    return Verdict("failed", f"exited with code {rc} before the tests finished", d, output)
 
 
 @cache
-def _runner_hash() -> str:
+def _server_hash() -> str:
     import hashlib
-    return hashlib.sha256(RUNNER.encode()).hexdigest()[:16]
+    return hashlib.sha256(SERVER.encode()).hexdigest()[:16]
 
 
 @cache

@@ -57,7 +57,7 @@ HOSTILE = [
     ("redefine check", "def f():\n    return 2\ndef check(candidate):\n    pass\n", "failed: AssertionError"),
     ("patch builtins", "import builtins\nbuiltins.AssertionError = KeyError\nbuiltins.len = lambda x: 1\n"
                        "def f():\n    return 2\n", "sandbox violation: builtins."),
-    ("print 100 MB", "import sys\nsys.stdout.write('x' * (100 * 2**20))\ndef f():\n    return 1\n",
+    ("print 100 MB", "for _ in range(100):\n    print('x' * 2**20)\ndef f():\n    return 1\n",
      "sandbox violation: output limit exceeded"),
     ("socket", "import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)\n",
      "sandbox violation: socket"),
