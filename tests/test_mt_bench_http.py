@@ -34,7 +34,7 @@ from harness.runner import RunContext, TaskOptions
 
 pytest.importorskip("openai")
 
-FAST = {"backoff": 0.01, "max_backoff": 0.05, "max_retries": 2, "timeout": 0.5}
+FAST = {"backoff": 0.01, "max_backoff": 0.05, "max_retries": 2, "timeout": 2.0}
 MARK = re.compile(r"ANSWER (\d+) T(\d)")
 QUESTIONS = {q["turns"][t]: (q["question_id"], t + 1) for q in mt_bench.load_data().questions for t in (0, 1)}
 REPO = Path(__file__).resolve().parents[1]
@@ -69,10 +69,10 @@ def _no_ambient_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- in-process: the task's judging pass through OpenAIAdapter -------------------------------------------
 
 SCRIPT: dict[tuple[int, int], Any] = {
-    (81, 1): "Fine. Rating: [[8]]", (81, 2): "Rating: [[6]]",
+    (81, 1): "Fine. Rating: [[8]]", (81, 2): Reply(text="Rating: [[6]]", delay=0.3),  # slow but in time
     (82, 1): Reply(status=429), (82, 2): "Rating: [[3]]",          # 429 on every attempt: fails after retries
     (83, 1): "Rating: [[9]]", (83, 2): "no rating here at all",    # malformed: unparsable
-    (84, 1): Reply(text="Rating: [[2]]", delay=1.0), (84, 2): "[[5]]",  # slower than the timeout: fails
+    (84, 2): "[[5]]",
     (85, 1): Reply(raw=b"{not json"), (85, 2): "Rating: [7]",        # malformed body; fallback pattern
 }
 
@@ -80,6 +80,8 @@ SCRIPT: dict[tuple[int, int], Any] = {
 def _scripted(qid: int, turn: int, call: Call) -> Reply | str:
     if qid == 86:  # 500 twice, then a rating: recovered by the adapter's bounded retries
         return Reply(status=500) if call.attempt <= 2 else "Rating: [[4]]"
+    if (qid, turn) == (84, 1):  # first attempt outlives the 2 s timeout; the retry answers
+        return Reply(text="Rating: [[2]]", delay=2.5 if call.attempt == 1 else 0.0)
     return SCRIPT[(qid, turn)]
 
 
@@ -103,20 +105,22 @@ def test_scripted_judge_over_http_gives_hand_computed_means(tmp_path: Path) -> N
     assert by["mt_bench/82"].scores == {"turn2": 3.0, "score": 3.0}
     assert "judge call failed: HTTP 429 after 3 attempts" in by["mt_bench/82"].info["turn_errors"]["turn1"]
     assert by["mt_bench/83"].scores == {"turn1": 9.0, "score": 9.0}
-    assert by["mt_bench/84"].scores == {"turn2": 5.0, "score": 5.0}
+    assert by["mt_bench/84"].scores == {"turn1": 2.0, "turn2": 5.0, "score": 3.5}
     assert by["mt_bench/85"].scores == {"turn2": 7.0, "score": 7.0}
     assert by["mt_bench/86"].scores == {"turn1": 4.0, "turn2": 4.0, "score": 4.0}
 
     agg = task.aggregate(results)
-    assert agg["turn1"] == pytest.approx((8 + 9 + 4) / 3)
+    assert agg["turn1"] == pytest.approx((8 + 9 + 2 + 4) / 4)
     assert agg["turn2"] == pytest.approx((6 + 3 + 5 + 7 + 4) / 5)
-    assert agg["score"] == pytest.approx((7 + 3 + 9 + 5 + 7 + 4) / 6)
-    assert (agg["turn1_judged"], agg["turn2_judged"], agg["turn1_total"]) == (3, 5, 6)
-    assert agg["turn1_coverage"] == pytest.approx(0.5) and agg["turn2_coverage"] == pytest.approx(5 / 6)
-    assert agg["judge_errors"] == 4 and agg["errors"] == 0
+    assert agg["score"] == pytest.approx((7 + 3 + 9 + 3.5 + 7 + 4) / 6)
+    assert (agg["turn1_judged"], agg["turn2_judged"], agg["turn1_total"]) == (4, 5, 6)
+    assert agg["turn1_coverage"] == pytest.approx(4 / 6) and agg["turn2_coverage"] == pytest.approx(5 / 6)
+    assert agg["judge_errors"] == 3 and agg["errors"] == 0
     assert agg["judge_comparable_to_gpt4"] == 0.0
-    # Retries are bounded: 3 attempts for the 429s and the slow reply, 3 for the 500s that recover.
-    assert judge_calls(stub).count((82, 1)) == 3 and judge_calls(stub).count((86, 1)) == 3
+    # Retries are bounded (max_retries=2: 3 attempts); malformed bodies are not retried.
+    calls = judge_calls(stub)
+    assert calls.count((82, 1)) == 3 and calls.count((86, 1)) == 3 and calls.count((84, 1)) == 2
+    assert calls.count((85, 1)) == 1
 
 
 # -- end to end: the CLI in a subprocess ----------------------------------------------------------------
