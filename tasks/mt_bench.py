@@ -219,7 +219,8 @@ def _sha(text: str) -> str:
 
 
 def _answers(comps: Sequence[Completion]) -> list[str | None]:
-    return [c.texts[0] if c.error is None and c.texts else None for c in comps]
+    # Stripped, as gen_model_answer.py stores answers; None marks a failed generation.
+    return [c.texts[0].strip() if c.error is None and c.texts else None for c in comps]
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -192,7 +192,7 @@ def test_turn1_requests_use_reference_temperatures_and_seed() -> None:
 def test_turn2_request_carries_the_models_own_turn1_answer() -> None:
     task = MTBench(TaskOptions())
     examples = task.load(2)
-    prior = {ex.id: [Completion(id=ex.id, texts=(f"my first answer for {ex.id}",))] for ex in examples}
+    prior = {ex.id: [Completion(id=ex.id, texts=(f" my first answer for {ex.id}\n",))] for ex in examples}
     reqs = task.requests(examples, 1, prior)
     assert [r.id for r in reqs] == ["mt_bench/81#t2", "mt_bench/82#t2"]
     q1, q2 = examples[0].data["turns"]
