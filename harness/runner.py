@@ -164,7 +164,7 @@ def run(cfg: RunConfig) -> Path:
 
 def _run_task(task: Task, examples: list[Example], adapter: Adapter, ctx: RunContext, run_dir: Path) -> dict:
     t0 = time.monotonic()
-    identity = {"adapter": adapter.describe(), "task": task.name, "task_version": task.version}
+    identity = {"adapter": cache_identity(adapter.describe()), "task": task.name, "task_version": task.version}
     completions: dict[str, list[Completion]] = {ex.id: [] for ex in examples}
     requests_by_turn: list[list[Request]] = []
     with Journal(run_dir / f"{task.name}.generations.jsonl") as journal:
@@ -188,6 +188,22 @@ def _run_task(task: Task, examples: list[Example], adapter: Adapter, ctx: RunCon
     return {"version": task.version, "n": len(results), "errors": errors, "metrics": metrics,
             "metric_specs": [m.to_dict() for m in task.metrics],
             "config": task.describe(), "item_ids_sha256": sha256_json(sorted(ex.id for ex in examples))}
+
+
+# Fields of an adapter's description that do not change what it generates:
+# where the checkpoint lives (its fingerprint covers the content) and how the
+# work is spread (tensor/data parallel sizes, batch size, concurrency).
+VOLATILE_FIELDS = frozenset({"target", "tensor_parallel_size", "data_parallel_size", "pipeline_parallel_size",
+                             "batch_size", "concurrency", "gpu_memory_utilization", "distributed_executor_backend",
+                             "base_url"})
+
+
+def cache_identity(description: dict[str, Any]) -> dict[str, Any]:
+    """What a cached completion must match: everything that determines the output."""
+    if not description.get("fingerprint"):
+        return description  # no content hash (e.g. an API model): keep the name and endpoint
+    return {k: (cache_identity(v) if isinstance(v, dict) else v) for k, v in description.items()
+            if k not in VOLATILE_FIELDS}
 
 
 def _example_id(request_id: str) -> str:
