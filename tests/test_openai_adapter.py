@@ -56,6 +56,17 @@ def test_retries_transient_status_then_succeeds(status):
     assert stub.hits == {"question 0": 3, "question 1": 3}
 
 
+def test_retry_after_header_is_honoured():
+    with StubServer(fail_first(1, status=429, retry_after="0.4")) as stub:
+        a = adapter(stub, backoff=0.001, max_backoff=5)
+        t0 = time.monotonic()
+        [c] = a.generate([chat(0)])
+        waited = time.monotonic() - t0
+        a.close()
+    assert c.error is None and stub.count() == 2
+    assert waited >= 0.4  # a lower bound: our own backoff alone would wait ~1 ms
+
+
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
 def test_client_errors_are_not_retried(status):
     with StubServer(fail_first(99, status=status)) as stub:
@@ -165,6 +176,27 @@ def test_server_gone_mid_pass_raises_engine_error_and_keeps_finished():
             a.generate([chat(i) for i in range(6)], on_result=on_result)
         a.close()
     assert finished == {0: "fast", 1: "fast"}
+
+
+def test_failing_callback_cancels_the_pass_and_adapter_stays_usable():
+    def slow_after_two(call):
+        fast = call.content in ("question 0", "question 1")
+        return Reply(text="ok", delay=0 if fast else 0.3)
+
+    class Stop(Exception):
+        pass
+
+    def on_result(j, comp):
+        raise Stop  # e.g. the journal's disk is full
+
+    with StubServer(slow_after_two) as stub:
+        a = adapter(stub, concurrency=2)
+        with pytest.raises(Stop):
+            a.generate([chat(i) for i in range(8)], on_result=on_result)
+        assert stub.count() <= 4  # the rest of the pass was cancelled, not sent
+        [c] = a.generate([chat(9)])
+        a.close()
+    assert c.error is None
 
 
 def test_dropped_connection_on_a_live_server_is_a_per_request_error():
