@@ -241,3 +241,22 @@ def test_rlimits_only_fallback_is_loud_and_recorded(caplog) -> None:
 @needs_bwrap
 def test_bubblewrap_is_chosen_when_available() -> None:
     assert Sandbox(LIMITS, workers=1).isolation == "bubblewrap"
+
+
+@needs_bwrap
+def test_child_is_unprivileged(box: Sandbox) -> None:
+    body = """
+        import os
+        status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines())
+        assert int(status['CapEff'].strip(), 16) == 0, status['CapEff']
+        assert status['NoNewPrivs'].strip() == '1'
+        assert os.getuid() != 0 or not ROOT, os.getuid()
+        pids = [p for p in os.listdir('/proc') if p.isdigit()]
+        assert len(pids) < 6, pids  # bwrap's init, the server, this child: not the host's processes
+        assert not os.path.exists(HERE), os.listdir('/')
+        def f():
+            return 1
+    """
+    here = os.path.abspath(__file__)  # the source tree is not visible inside
+    v = box.run(prog(body.replace("ROOT", str(os.geteuid() == 0)).replace("HERE", repr(here))))
+    assert v.passed, v
