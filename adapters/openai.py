@@ -107,6 +107,10 @@ def display_url(url: str) -> str:
 
 def resolve_endpoint(spec: ModelSpec, opts: ClientOptions, role: Role = "model") -> Endpoint:
     base_url = spec.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+    if not base_url.startswith(("http://", "https://")):
+        flag = "--judge-base-url" if role == "judge" else "--base-url"
+        raise UsageError(f"{flag} {display_url(base_url)!r} is not an http(s) URL; "
+                         "example: http://127.0.0.1:8000/v1")
     if opts.api_key_env:
         key = os.environ.get(opts.api_key_env)
         if not key:
@@ -366,6 +370,12 @@ def _list_models(client: Any, ep: Endpoint, role: Role, flag: str, timeout: floa
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise UsageError(f"{role} endpoint {ep.display_url} rejected the API key (HTTP {exc.status_code}); "
                              "set OPENAI_API_KEY or model-args api_key_env=VAR") from None
+        except openai.NotFoundError:
+            if not ep.display_url.endswith("/v1"):
+                raise UsageError(f"{role} endpoint {ep.display_url} answered 404 to GET /models; OpenAI-compatible "
+                                 f"servers serve under /v1: pass {flag} {ep.display_url}/v1") from None
+            log.warning("%s endpoint %s has no GET /models (404); going on", role, ep.display_url)
+            return []
         except openai.APIStatusError as exc:
             log.warning("%s endpoint %s answered GET /models with HTTP %s; going on", role, ep.display_url,
                         exc.status_code)

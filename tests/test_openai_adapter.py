@@ -277,6 +277,15 @@ def test_health_check_names_served_models():
         assert stub.count() == 0  # only GET /models
 
 
+def test_base_url_without_v1_or_scheme_is_a_usage_error():
+    with StubServer() as stub:
+        root = stub.url.removesuffix("/v1")
+        with pytest.raises(UsageError, match=f"answered 404 to GET /models.*pass --base-url {root}/v1"):
+            health_check(ModelSpec("openai", "stub", {}, root), role="model")
+    with pytest.raises(UsageError, match="not an http"):
+        health_check(ModelSpec("openai", "stub", {}, "127.0.0.1:8000/v1"), role="judge")
+
+
 def test_openai_without_key_or_url_is_a_usage_error():
     with pytest.raises(UsageError, match="OPENAI_API_KEY is not set"):
         health_check(ModelSpec("openai", "gpt-4", {}, None))
