@@ -37,7 +37,7 @@ from harness.stats import (
     wilson_interval,
 )
 
-METADATA_KEYS = ("strategy", "k", "fraction", "stage")
+METADATA_KEYS = ("strategy", "source", "k", "fraction", "stage")
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,8 @@ def _judge_bootstrap(x: list[float], y: list[float], sign: float, scale: float, 
 
 
 def _f(v: float, scale: float) -> str:
-    return f"{v:.1f}" if scale >= 10 else f"{v:.2f}"
+    text = f"{v:.1f}" if scale >= 10 else f"{v:.2f}"
+    return text.removeprefix("-") if float(text) == 0 else text  # no "-0.0"
 
 
 def _p(p: float) -> str:

@@ -2,9 +2,9 @@
 
 * ``bars.png``: per task, every metric as grouped bars across runs with
   their confidence-interval whiskers.
-* ``composition.png`` (when runs carry ``k`` or ``fraction`` in their
-  metadata, as ``harness study`` writes it): each ability (task's primary
-  metric) against the parameter on a log axis, one line per strategy/stage,
+* ``composition-k.png`` / ``composition-fraction.png`` (when runs carry
+  ``k`` or ``fraction`` in their metadata, as ``harness study`` writes it): each ability (task's primary
+  metric) against the parameter on a log axis, one line per strategy/source/stage,
   k = 0 drawn at a marked position left of the smallest non-zero value; runs
   without the parameter appear as dashed reference lines. The shape of Dong
   et al. (2023), "How Abilities in Large Language Models are Affected by
@@ -41,7 +41,8 @@ def write_plots(report: Report, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    for name, draw in (("bars.png", _bars), ("composition.png", _composition), ("abilities.png", _abilities)):
+    draws = [("bars.png", _bars)] + [(f"composition-{p}.png", _composer(p)) for p in composition_params(report)]
+    for name, draw in [*draws, ("abilities.png", _abilities)]:
         fig = draw(report, plt)
         if fig is None:
             continue
@@ -103,11 +104,16 @@ def _tick(v: float) -> str:
     return f"{v:.3g}"
 
 
-def composition_param(report: Report) -> str | None:
-    for key in ("k", "fraction"):
-        if any(_num(r.metadata.get(key)) is not None for r in report.runs):
-            return key
-    return None
+COMPOSITION_PARAMS = ("k", "fraction")
+
+
+def composition_params(report: Report) -> list[str]:
+    """Data-composition parameters some run carries: DMT's k, the data fraction of scaling runs."""
+    return [p for p in COMPOSITION_PARAMS if any(_num(r.metadata.get(p)) is not None for r in report.runs)]
+
+
+def _composer(param: str) -> Any:
+    return lambda report, plt: _composition(report, plt, param)
 
 
 def _num(v: Any) -> float | None:
@@ -118,12 +124,9 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) and f >= 0 else None
 
 
-def _composition(report: Report, plt: Any) -> Any:
+def _composition(report: Report, plt: Any, param: str) -> Any:
     from harness.report import task_names
 
-    param = composition_param(report)
-    if param is None:
-        return None
     values = [v for r in report.runs if (v := _num(r.metadata.get(param))) is not None]
     positive = [v for v in values if v > 0] or [1.0]
     zero_at = min(positive) / 4  # where k = 0 is drawn on the log axis
@@ -144,10 +147,13 @@ def _composition_panel(ax: Any, report: Report, task: str, param: str, zero_at: 
         if row is None or not math.isfinite(row["value"]):
             continue
         v = _num(run.metadata.get(param))
-        if v is None:  # a reference run (e.g. multi-task) without the parameter
+        if v is None and any(_num(run.metadata.get(p)) is not None for p in COMPOSITION_PARAMS):
+            continue  # belongs to the other parameter's plot
+        if v is None:  # a reference run (e.g. multi-task) without any composition parameter
             ax.axhline(row["value"], ls="--", lw=1, color=f"C{(i + 5) % 10}", label=run.label)
             continue
-        key = " ".join(str(run.metadata[k]) for k in ("strategy", "stage") if run.metadata.get(k) is not None)
+        key = " ".join(str(run.metadata[k]) for k in ("strategy", "source", "stage")
+                       if run.metadata.get(k) is not None)
         groups.setdefault(key or run.label, []).append((v if v > 0 else zero_at, row))
     for j, (name, pts) in enumerate(sorted(groups.items())):
         pts.sort(key=lambda p: p[0])

@@ -212,7 +212,8 @@ def _count(v: float) -> str:
 def fmt_value(v: float | None, scale_hint: float) -> str:
     if v is None or not math.isfinite(v):
         return "–"
-    return f"{v:.1f}" if scale_hint >= 10 else f"{v:.2f}"
+    text = f"{v:.1f}" if scale_hint >= 10 else f"{v:.2f}"
+    return text.removeprefix("-") if float(text) == 0 else text  # no "-0.0"
 
 
 def fmt_p(p: float) -> str:

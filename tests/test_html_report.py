@@ -44,13 +44,13 @@ def test_html_report_has_table_and_embedded_plots(tmp_path):
     runs = _study(tmp_path)
     out = tmp_path / "report"
     write_report(runs, out, baseline=runs[0], formats=("md", "html"))
-    for name in ("bars.png", "composition.png", "abilities.png"):
+    for name in ("bars.png", "composition-k.png", "abilities.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert page.count("<table>") == 2 and "dmt-k0.0625" in page
     assert page.count("src='data:image/png;base64,") == 3
     assert "class='better'" in page  # a significant improvement is tinted
-    assert "![composition.png](composition.png)" in (out / "report.md").read_text()
+    assert "![composition-k.png](composition-k.png)" in (out / "report.md").read_text()
 
 
 def test_no_composition_plot_without_k_or_fraction(tmp_path):
@@ -82,3 +82,15 @@ def test_html_report_renders_in_headless_chromium(tmp_path):
     assert count((0xE3, 0xF6, 0xE3)) > 500  # the tinted (significant) table cells
     assert count((0xF3, 0xF3, 0xF3)) > 2000  # the table header row
     assert count((0x1F, 0x77, 0xB4)) > 2000  # matplotlib's first colour: the bars plot was decoded and drawn
+
+
+def test_one_composition_plot_per_parameter(tmp_path):
+    runs = [make_run(tmp_path, name, {"gsm8k": {"scores": binary_scores(scores)}}, metadata=meta)
+            for name, scores, meta in [("mt", [1, 1, 0, 0], {"strategy": "multi-task"}),
+                                       ("dmt0", [1, 0, 0, 0], {"strategy": "dmt", "k": 0}),
+                                       ("dmt1", [1, 1, 1, 0], {"strategy": "dmt", "k": 1}),
+                                       ("half", [0, 1, 0, 0], {"strategy": "single", "source": "math",
+                                                               "fraction": 0.5})]]
+    write_report(runs, tmp_path / "r", formats=("md",))
+    assert sorted(p.name for p in (tmp_path / "r").glob("composition-*.png")) == ["composition-fraction.png",
+                                                                                 "composition-k.png"]
