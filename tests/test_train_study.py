@@ -88,21 +88,24 @@ def test_tiny_study_end_to_end_then_rerun_does_nothing(tiny, tmp_path, monkeypat
     data["base_model"] = str(tiny)
     data["train"]["max_steps"] = 2
     data["eval"].update(limit=2, max_tokens=8)
-    data["grid"].update(strategies=["sequential", "mixed_sequential", "dmt"], k=[0, 1])
+    data["grid"].update(strategies=["mixed_sequential", "dmt"], k=[0, 1])
     study = parse_study(data, EXAMPLES, out=str(tmp_path / "study"))
     from harness.train.study import run_study
 
     first = run_study(study)
-    # sequential 3 stages; mixed_sequential 2; dmt k=0 is mixed_sequential exactly (shared); dmt k=1 adds 1
-    assert first.trained == 6
-    assert first.evaluated == 1 + 3 + 2 + 2 + 2  # base + every stage of every grid point
+    # mixed_sequential: 2 stages; dmt k=0 is mixed_sequential exactly (shared); dmt k=1 adds its stage 2
+    assert first.trained == 3
+    assert first.evaluated == 1 + 2 + 2 + 2  # base + every stage of every grid point
     report = tmp_path / "study" / "report"
     assert (report / "report.md").exists() and (report / "report.html").exists()
     assert list(report.rglob("*.png"))
     index = json.loads((tmp_path / "study" / "study.json").read_text())
-    assert [p["label"] for p in index["points"]] == ["sequential", "mixed_sequential", "dmt-k0", "dmt-k1"]
+    assert [p["label"] for p in index["points"]] == ["mixed_sequential", "dmt-k0", "dmt-k1"]
+    ckpt = {p["label"]: [s["checkpoint"] for s in p["stages"]] for p in index["points"]}
+    assert ckpt["dmt-k0"] == ckpt["mixed_sequential"] and ckpt["dmt-k1"][0] == ckpt["mixed_sequential"][0]
+    assert ckpt["dmt-k1"][1] != ckpt["mixed_sequential"][1]
     metas = [json.loads((d / "config.json").read_text())["metadata"] for d in first.run_dirs]
-    assert {(m["strategy"], m["k"], m["stage"]) for m in metas} >= {("dmt", 1.0, 2), ("sequential", None, 3)}
+    assert {(m["strategy"], m["k"], m["stage"]) for m in metas} >= {("dmt", 1.0, 2), ("mixed_sequential", None, 1), ("base", None, 0)}
 
     calls = []
     monkeypatch.setattr(harness.runner, "run", lambda cfg: calls.append(cfg))
