@@ -218,3 +218,22 @@ def render(verdicts: list[Verdict], notes: list[str], run: Run, base: Run, alpha
         lines.append(f"PASS: no significant regression beyond the allowed drops ({len(verdicts)} gated "
                      f"metric{'s' if len(verdicts) != 1 else ''}, alpha {alpha} each)")
     return "\n".join(lines)
+
+
+def preflight(baseline: Path, planned: dict[str, tuple[str, list[str]]]) -> None:
+    """Before any model loads: refuse a --baseline that evaluated a planned task on other items or another
+    task version. ``planned`` maps task name -> (version, item ids), as the runner knows them after loading
+    the data; tasks the baseline lacks are left to the gate (reported as not gated)."""
+    from harness.records import sha256_json
+
+    base = load_run(baseline)
+    for name, (version, ids) in planned.items():
+        task = base.tasks.get(name)
+        if task is None:
+            continue
+        if task.version != version:
+            raise UsageError(f"--baseline {baseline} ran {name} version {task.version}, this run would use "
+                             f"version {version}; rerun the baseline with this harness to compare them")
+        if task.item_ids_sha256 != sha256_json(sorted(ids)):
+            raise UsageError(f"--baseline {baseline} evaluated {name} on {task.n} other items than the {len(ids)} "
+                             "planned here; use the same --limit and data as the baseline")

@@ -160,3 +160,16 @@ def test_false_alarm_rate_at_the_margin_is_at_most_alpha():
                           dict(task="t", metric="m", scale=100.0, baseline=0, value=0, max_drop=2.0, paired=n))
         fired += v.regression
     assert fired / sims <= 0.05 + 3 * (0.05 * 0.95 / sims) ** 0.5
+
+
+def test_preflight_refuses_a_baseline_on_other_items_before_the_model_loads(tmp_path):
+    from harness.errors import UsageError
+    from harness.gate import preflight
+
+    base = make_run(tmp_path, "base", gsm8k(BASE))
+    ids = sorted(binary_scores(BASE))
+    preflight(base, {"gsm8k": ("1", ids), "humaneval": ("1", ["h0"])})  # same items; a task it lacks is fine
+    with pytest.raises(UsageError, match="other items"):
+        preflight(base, {"gsm8k": ("1", ids[:50])})
+    with pytest.raises(UsageError, match="version 1, this run would use version 2"):
+        preflight(base, {"gsm8k": ("2", ids)})
