@@ -187,6 +187,9 @@ def task_counts(task: TaskRun) -> str:
     parts = [f"{task.n} items", f"{task.errors} errors"]
     m = task.metrics
     shown = set(_SKIP_EXTRAS) | {s.name for s in task.specs} | {s.key for s in task.specs}
+    if m.get("judge_comparable_to_gpt4") == 0:
+        parts.append("judge is not GPT-4: not comparable to published MT-Bench")
+    shown.add("judge_comparable_to_gpt4")
     for name, value in m.items():
         if name in shown or name.endswith("_stderr") or "/" in name or not _number(value):
             continue

@@ -91,12 +91,13 @@ def test_errors_and_coverage_counts_are_shown(tmp_path, capsys):
                       "specs": (MetricSpec("pass@1", "pass@1", "binary", 100.0, True),)},
         "mt_bench": {"scores": mt, "specs": MT_SPECS,
                      "extra": {"turn1_judged": 77, "turn1_total": 80, "turn1_coverage": 0.9625,
-                               "category/math": 3.0, "score_stderr": 0.1}}})
+                               "category/math": 3.0, "score_stderr": 0.1, "judge_comparable_to_gpt4": 0.0}}})
     code, out, _ = report(capsys, a)
     assert code == 0
     assert "4 items · 1 errors" in out
     assert "timeouts 2 · sandbox_violations 1" in out
     assert "turn1 judged 77/80" in out and "category/math" not in out and "stderr" not in out
+    assert "judge is not GPT-4: not comparable to published MT-Bench" in out
 
 
 def test_mismatched_item_sets_are_refused(tmp_path, capsys):
