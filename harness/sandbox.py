@@ -78,8 +78,14 @@ import builtins, importlib, json, os, resource, select, shutil, signal, sys, tim
 import _sitebuiltins
 
 # Imported once here, shared by every child through fork: no per-program cost.
-for _name in ("math", "re", "typing", "collections", "itertools", "functools", "heapq", "string", "random",
-              "hashlib", "copy", "operator", "bisect", "fractions", "statistics", "decimal"):
+# (Under rlimits-only with an interpreter in a directory the slot uid cannot
+# read, such as pyenv under /root, only these modules are importable.)
+for _name in ("math", "cmath", "re", "typing", "collections", "collections.abc", "itertools", "functools",
+              "heapq", "string", "random", "hashlib", "copy", "operator", "bisect", "fractions", "statistics",
+              "decimal", "datetime", "calendar", "array", "textwrap", "unicodedata", "struct", "numbers",
+              "dataclasses", "enum", "io", "time", "queue", "threading", "base64", "binascii", "zlib",
+              "socket", "encodings.idna", "subprocess", "json", "ast", "traceback", "warnings", "pprint",
+              "doctest"):
     importlib.import_module(_name)
 
 def _limits(lim, slot_uid):

@@ -64,7 +64,7 @@ HOSTILE = [
     ("gc hunt for the nonce", "import gc\nfor o in gc.get_objects():\n    pass\n", "sandbox violation: gc.get_objects"),
     ("ctypes", "import ctypes\n", "sandbox violation: import ctypes"),
     ("subprocess", "import subprocess\nsubprocess.run(['sh', '-c', 'kill -9 -1'])\n",
-     "sandbox violation: import _posixsubprocess"),
+     "sandbox violation: subprocess.Popen"),
     ("os.posix_spawn", "import os\nos.posix_spawn('/bin/sh', ['sh'], {})\n", "sandbox violation: os.posix_spawn"),
     ("read own memory", "open('/proc/self/mem', 'rb')\n", "sandbox violation: open /proc/self/mem"),
     ("settrace to skip asserts", "import sys\nsys.settrace(lambda *a: None)\ndef f():\n    return 2\n",
@@ -84,8 +84,10 @@ def test_hostile_program_gets_expected_verdict(box: Sandbox, name: str, body: st
     assert_bounded(v)
 
 
-def test_corpus_in_parallel_is_bounded(box: Sandbox) -> None:
-    verdicts = box.run_many([prog(b) for _, b, _ in HOSTILE])
+@pytest.mark.parametrize("isolation", ["auto", "rlimits-only"])
+def test_corpus_in_parallel_is_bounded(isolation: str) -> None:
+    with Sandbox(LIMITS, isolation=isolation, workers=2) as sandbox:
+        verdicts = sandbox.run_many([prog(b) for _, b, _ in HOSTILE])
     assert [v.text.startswith(e) for v, (_, _, e) in zip(verdicts, HOSTILE, strict=True)] == [True] * len(HOSTILE)
     assert max(v.duration for v in verdicts) < LIMITS.timeout + 5
 
