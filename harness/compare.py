@@ -235,7 +235,9 @@ def compare(new: TaskRun, base: TaskRun, spec: MetricSpec, alpha: float = 0.05) 
 
     0/1 scores: exact McNemar p-value and Tango's score interval for the
     difference in accuracy. Other scores: paired bootstrap (items resampled,
-    fixed seed), percentile interval and the p-value that inverts it.
+    fixed seed), percentile interval and the p-value that inverts it. Like
+    any bootstrap it is optimistic on very few items (under ~20): the
+    resampled spread is the sample's, which underestimates the population's.
     """
     x, y = paired_values(new, base, spec)
     n = len(x)
@@ -249,6 +251,8 @@ def compare(new: TaskRun, base: TaskRun, spec: MetricSpec, alpha: float = 0.05) 
         return Paired((better - worse) / n * s, -hi * s, -lo * s, mcnemar_exact(worse, better),
                       "McNemar exact", n, worse, better)
     diffs = [(b - a) * spec.scale for a, b in zip(x, y, strict=True)]
+    if n < 2:  # one item: resampling it says nothing about noise
+        return Paired(diffs[0], math.nan, math.nan, math.nan, "paired bootstrap", n)
     boot = sorted(bootstrap_means(diffs))
     return Paired(sum(diffs) / n, percentile(boot, alpha / 2), percentile(boot, 1 - alpha / 2),
                   bootstrap_p_two_sided(boot), "paired bootstrap", n)

@@ -171,7 +171,7 @@ def _judge_binary(x: list[float], y: list[float], sign: float, scale: float, max
 def _judge_bootstrap(x: list[float], y: list[float], sign: float, scale: float, max_drop: float, alpha: float,
                      common: dict) -> Verdict:
     diffs = [sign * (a - b) * scale for a, b in zip(x, y, strict=True)]
-    boot = sorted(bootstrap_means(diffs))
+    boot = sorted(bootstrap_means(diffs)) if len(diffs) >= 2 else []  # one item: no evidence (p = 1)
     p_margin = bootstrap_p_at_most(boot, max_drop)
     return Verdict(**common, drop=sum(diffs) / len(diffs),
                    ci=(percentile(boot, alpha / 2), percentile(boot, 1 - alpha / 2)), bound=percentile(boot, alpha),

@@ -173,3 +173,10 @@ def test_preflight_refuses_a_baseline_on_other_items_before_the_model_loads(tmp_
         preflight(base, {"gsm8k": ("1", ids[:50])})
     with pytest.raises(UsageError, match="version 1, this run would use version 2"):
         preflight(base, {"gsm8k": ("2", ids)})
+
+
+def test_a_single_paired_item_is_no_evidence(tmp_path, capsys):
+    base = _mt(tmp_path, "base", [8.0])
+    worse = _mt(tmp_path, "worse", [2.0])
+    code, out, _ = check(capsys, worse, base)
+    assert code == 0 and "p=1.000 for drop > 0.20" in out
