@@ -112,7 +112,7 @@ def _make_hook(write, fd, deny):
         if event == "import" and args and args[0] in ("ctypes", "_ctypes", "cffi", "_posixsubprocess"):
             what = "import " + args[0]
         if event == "open" and args and isinstance(args[0], str) and args[0].startswith("/proc/") \
-                and args[0].endswith("/mem"):
+                and args[0].endswith(("/mem", "/environ")):
             what = "open " + args[0][:100]
         if what:
             write(fd, ("VIOLATION " + what + "\n").encode())

@@ -106,18 +106,21 @@ def test_env_secret_does_not_reach_program_or_records(box: Sandbox, monkeypatch)
     body = """
         import os
         found = os.environ.get('OPENAI_API_KEY', 'absent')
+        print('secret:', found)
         for p in ('/proc/1/environ', '/proc/self/environ'):
             try:
                 found += open(p).read()
             except OSError:
                 pass
-        print('secret:', found)
         raise RuntimeError('secret: ' + found)
     """
     v = box.run(prog(body))
     assert not v.passed
-    assert v.text.startswith("failed: RuntimeError: secret: absent"), v
+    assert v.text == "sandbox violation: open /proc/1/environ", v
+    assert v.output.startswith("secret: absent")
     assert SECRET not in v.text and SECRET not in v.output and SECRET not in str(v.to_dict())
+    bare = box.run(prog(body.replace("'/proc/1/environ', '/proc/self/environ'", "'/nonexistent',")))
+    assert bare.text.startswith("failed: RuntimeError: secret: absent"), bare  # its own environment is clean
 
 
 def test_host_file_outside_sandbox_survives(box: Sandbox, tmp_path) -> None:
