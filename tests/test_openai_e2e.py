@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -188,7 +189,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, limit: float = 300.0) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, limit: float = 600.0) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit:
         if proc.poll() is not None:
@@ -224,12 +225,12 @@ def vllm_server(tiny_llama, tmp_path_factory):
     try:
         _wait_ready(url, proc, log)
         yield url
-    finally:
-        proc.terminate()
+    finally:  # the server and its engine processes share the session we started
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
