@@ -226,12 +226,19 @@ def vllm_server(tiny_llama, tmp_path_factory):
         _wait_ready(url, proc, log)
         yield url
     finally:  # the server and its engine processes share the session we started
-        os.killpg(proc.pid, signal.SIGTERM)
+        _signal_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _signal_group(proc, signal.SIGKILL)
             proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass  # already gone
 
 
 def _greedy_requests() -> list:
