@@ -74,8 +74,17 @@ _RESULT_CAP = 64 * 1024
 PYTHON_FLAGS = ("-I", "-S")
 
 SERVER = r'''
-import builtins, importlib, json, os, resource, select, shutil, signal, sys, time
 import _sitebuiltins
+import builtins
+import importlib
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import time
 
 # Imported once here, shared by every child through fork: no per-program cost.
 # (Under rlimits-only with an interpreter in a directory the slot uid cannot
@@ -95,7 +104,9 @@ def _limits(lim, slot_uid):
                         ("RLIMIT_CORE", 0)):
         R.setrlimit(getattr(R, name), (value, value))
     if slot_uid is not None and os.getuid() == 0:
-        os.setgroups([]); os.setgid(slot_uid); os.setuid(slot_uid)
+        os.setgroups([])
+        os.setgid(slot_uid)
+        os.setuid(slot_uid)
     if os.getuid() != 0:
         R.setrlimit(R.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
 
@@ -127,15 +138,15 @@ def _changed(snap):
     mods, attrs, bi = snap
     for n, m in mods.items():
         if sys.modules.get(n) is not m:
-            return "sys.modules[%r] replaced" % n
+            return f"sys.modules[{n!r}] replaced"
         cur = vars(m)
         for k, v in attrs[n].items():
             if cur.get(k, v) is not v and not k.startswith("__"):
-                return "%s.%s patched" % (n, k)
+                return f"{n}.{k} patched"
     cur = vars(builtins)
     for k, v in bi.items():
         if cur.get(k) is not v and k != "_":
-            return "builtins.%s patched" % k
+            return f"builtins.{k} patched"
     return None
 
 def _describe(exc):
@@ -179,7 +190,7 @@ def _check(job, fd, workdir):
         exec(compile(job["program"], "<program>", "exec", dont_inherit=True, optimize=0), ns)
         exec(test_code, test_ns)
         if job["entry_point"] not in ns:
-            raise NameError("name %r is not defined" % job["entry_point"])
+            raise NameError(f"name {job['entry_point']!r} is not defined")
         test_ns[job["entry_point"]] = ns[job["entry_point"]]  # some tests call it by name (HumanEval/33)
         test_ns["check"](ns[job["entry_point"]])
     except BaseException as exc:
@@ -200,12 +211,16 @@ def _spawn(job, workdir):
         try:
             os.setsid()
             nul = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(nul, 0); os.dup2(out_w, 1); os.dup2(out_w, 2); os.dup2(res_w, 3)
+            os.dup2(nul, 0)
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            os.dup2(res_w, 3)
             os.closerange(4, 65536)  # the server's control pipes included
             _check(job, 3, workdir)
         finally:
             os._exit(70)
-    os.close(res_w); os.close(out_w)
+    os.close(res_w)
+    os.close(out_w)
     return pid, res_r, out_r
 
 def _collect(res_r, out_r, deadline, cap):
@@ -247,7 +262,9 @@ def _cleanup(slot_uid, tmp, workdir, wipe):
     helper = os.fork()
     if helper == 0:
         try:
-            os.setgroups([]); os.setgid(slot_uid); os.setuid(slot_uid)
+            os.setgroups([])
+            os.setgid(slot_uid)
+            os.setuid(slot_uid)
             os.kill(-1, signal.SIGKILL)
             for entry in os.listdir(tmp):
                 path = os.path.join(tmp, entry)
@@ -276,7 +293,8 @@ def _one(job):
                                                    job["limits"]["output_bytes"])
     duration = time.monotonic() - t0
     returncode = _reap(pid, job, workdir)
-    os.close(res_r); os.close(out_r)
+    os.close(res_r)
+    os.close(out_r)
     return {"result": result.decode("utf-8", "replace"), "output": output.decode("utf-8", "replace"),
             "timed_out": timed_out, "overflow": overflow, "returncode": returncode, "duration": duration}
 
@@ -292,7 +310,8 @@ def _read_exact(fd, n):
 def _serve():
     ctl_in, ctl_out = os.dup(0), os.dup(1)
     nul = os.open(os.devnull, os.O_RDWR)
-    os.dup2(nul, 0); os.dup2(nul, 1)
+    os.dup2(nul, 0)
+    os.dup2(nul, 1)
     while True:
         job = json.loads(_read_exact(ctl_in, int(_read_exact(ctl_in, 12))))
         reply = json.dumps(_one(job)).encode()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -265,3 +266,21 @@ def test_child_is_unprivileged(box: Sandbox) -> None:
     here = os.path.abspath(__file__)  # the source tree is not visible inside
     v = box.run(prog(body.replace("ROOT", str(os.geteuid() == 0)).replace("HERE", repr(here))))
     assert v.passed, v
+
+
+def test_server_source_passes_pyflakes(tmp_path) -> None:
+    """SERVER is a string (it runs inside the sandbox with -c); lint it like the rest of the code."""
+    import shutil
+    import subprocess
+    import sys
+
+    from harness.sandbox import SERVER
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.skip("ruff not installed")
+    src = tmp_path / "server.py"
+    src.write_text(SERVER)
+    config = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    res = subprocess.run([ruff, "check", "--no-cache", "--config", str(config), str(src)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
