@@ -150,6 +150,7 @@ class OpenAIAdapter:
         if check:
             health_check(spec, role)
         self._openai = openai
+        self._warned_timeout = False
         self._loop = asyncio.new_event_loop()
         self._client = openai.AsyncOpenAI(base_url=self.endpoint.base_url, api_key=self.endpoint.api_key,
                                           timeout=self.options.timeout, max_retries=0)
@@ -218,8 +219,16 @@ class OpenAIAdapter:
                         from None
                 if verdict == "final" or last:
                     return Completion(id=req.id, error=self._error_text(exc, attempt + 1))
+                self._warn_timeout(exc)
                 await asyncio.sleep(self._delay(attempt, exc))
         raise AssertionError("unreachable")
+
+    def _warn_timeout(self, exc: Exception) -> None:
+        # A retried timeout restarts the whole generation; on a slow server every retry times out again.
+        if isinstance(exc, self._openai.APITimeoutError) and not self._warned_timeout:
+            self._warned_timeout = True
+            log.warning("%s: a request took longer than %g s and is retried from scratch; for slow servers "
+                        "raise the limit with --model-args timeout=SECONDS", self.name, self.options.timeout)
 
     async def _alive(self) -> bool:
         """After a request's connection failures: is the server still there at all?"""

@@ -77,14 +77,16 @@ def test_client_errors_are_not_retried(status):
     assert c.texts == () and c.error.startswith(f"HTTP {status} after 1 attempt")
 
 
-def test_timeout_then_retry_succeeds():
+def test_timeout_then_retry_succeeds(caplog):
     slow_then_fast = script([Reply(text="too late", delay=3.0)])
     with StubServer(slow_then_fast) as stub:
         a = adapter(stub, concurrency=1, timeout=0.5)
-        [c] = a.generate([chat(0)])
+        with caplog.at_level("WARNING", logger="harness"):
+            [c] = a.generate([chat(0)])
         a.close()
     assert c.error is None and c.texts == (echo_text("question 0"),)
     assert stub.count() == 2
+    assert "timeout=SECONDS" in caplog.text  # the user learns how to stop this on slow servers
 
 
 def test_errors_are_per_request_after_max_retries():
