@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.tasks.humaneval import build_program, load_problems, test_imports
+from harness.tasks.humaneval import build_program, imported_modules, load_problems
 
 from harness.sandbox import Limits, Program, Sandbox
 
@@ -82,7 +82,7 @@ def run_ours(samples: list[dict[str, str]], workers: int, timeout: float) -> tup
     for r in samples:
         p = problems[r["task_id"]]
         programs.append(Program(build_program(p, r["completion"], "completion"), p["test"], p["entry_point"],
-                                setup=p["prompt"], preload=test_imports(p["test"] + p["prompt"])))
+                                setup=p["prompt"], preload=imported_modules(p["test"] + p["prompt"])))
     box = Sandbox(Limits(timeout=timeout, cpu_seconds=int(timeout) + 1), workers=workers)
     t0 = time.perf_counter()
     verdicts = box.run_many(programs)

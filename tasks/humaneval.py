@@ -113,8 +113,28 @@ def build_program(problem: Mapping[str, Any], text: str, mode: str) -> str:
     return prompt + code  # the model answered with a function body only
 
 
-def test_imports(test: str) -> tuple[str, ...]:
-    return tuple(sorted(set(_IMPORT_RE.findall(test))))
+def imported_modules(code: str) -> tuple[str, ...]:
+    return tuple(sorted(set(_IMPORT_RE.findall(code))))
+
+
+def check_options(options: Any) -> None:
+    """Fail fast, before any model loads: the opt-in first, then the flags."""
+    if not options.allow_code_execution:
+        from harness.tasks import REGISTRY
+        raise UsageError(OPT_IN.format(others=",".join(n for n in REGISTRY if n != "humaneval") or "NAME"))
+    if options.humaneval_mode not in ("auto", "instruct", "completion"):
+        raise UsageError(f"--humaneval-mode {options.humaneval_mode!r}; choose auto, instruct or completion")
+    if options.n < 1:
+        raise UsageError(f"--n must be >= 1 samples per problem, got {options.n}")
+    if options.temperature is not None and options.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {options.temperature}")
+    if options.n > 1 and options.temperature == 0:
+        raise UsageError(f"--n {options.n} with temperature 0 gives {options.n} identical greedy samples; "
+                         "pass --temperature 0.8 (or leave it unset) for sampled pass@k")
+    if options.exec_timeout <= 0:
+        raise UsageError(f"--exec-timeout must be > 0 seconds, got {options.exec_timeout}")
+    if options.exec_workers is not None and options.exec_workers < 1:
+        raise UsageError(f"--exec-workers must be >= 1, got {options.exec_workers}")
 
 
 class HumanEval:
@@ -125,28 +145,12 @@ class HumanEval:
     turns = 1
 
     def __init__(self, options: Any) -> None:
-        if not options.allow_code_execution:
-            from harness.tasks import REGISTRY
-            others = ",".join(n for n in REGISTRY if n != self.name) or "NAME"
-            raise UsageError(OPT_IN.format(others=others))
-        if options.humaneval_mode not in ("auto", "instruct", "completion"):
-            raise UsageError(f"--humaneval-mode {options.humaneval_mode!r}; choose auto, instruct or completion")
-        if options.n < 1:
-            raise UsageError(f"--n must be >= 1 samples per problem, got {options.n}")
-        if options.temperature is not None and options.temperature < 0:
-            raise UsageError(f"--temperature must be >= 0, got {options.temperature}")
-        if options.exec_timeout <= 0:
-            raise UsageError(f"--exec-timeout must be > 0 seconds, got {options.exec_timeout}")
-        if options.exec_workers is not None and options.exec_workers < 1:
-            raise UsageError(f"--exec-workers must be >= 1, got {options.exec_workers}")
+        check_options(options)
         self.requested_mode = options.humaneval_mode
         self.mode = "instruct" if options.humaneval_mode == "auto" else options.humaneval_mode
         self.needs_chat = self.mode == "instruct"
         self.n = options.n
         self.temperature = options.temperature if options.temperature is not None else (0.0 if self.n == 1 else 0.8)
-        if self.n > 1 and self.temperature == 0:
-            raise UsageError(f"--n {self.n} with temperature 0 gives {self.n} identical greedy samples; "
-                             "pass --temperature 0.8 (or leave it unset) for sampled pass@k")
         self.seed = options.seed
         self.max_tokens = options.max_tokens or 512
         self.ks = reported_ks(self.n)
@@ -188,7 +192,7 @@ class HumanEval:
         for text in comp.texts:
             prog = Program(program=build_program(ex.data, text, self.mode), test=ex.data["test"],
                            entry_point=ex.data["entry_point"], setup=ex.data["prompt"],
-                           preload=test_imports(ex.data["test"] + ex.data["prompt"]))
+                           preload=imported_modules(ex.data["test"] + ex.data["prompt"]))
             jobs.append((sha256_json([prog.program, prog.test, prog.entry_point, prog.setup, settings]), prog))
         return jobs
 
