@@ -3,8 +3,9 @@
 Every completion, execution verdict and judgment is appended as it finishes.
 Each line is a self-contained record carrying a checksum of its own content,
 so a line torn by ``kill -9`` is detected on read and dropped with a warning
-(never a crash, never a half record). Writes are flushed and fsynced in small
-batches: a crash loses at most the records in flight.
+(never a crash, never a half record). Each record is flushed to the OS as it is
+appended (``kill -9`` loses only the records in flight) and fsynced in small
+batches (a power loss loses at most the last batch).
 
 Records are keyed; reading keeps the last valid record per key, so a resumed
 run never holds an item twice.
@@ -104,6 +105,9 @@ class Journal:
     def append(self, key: str, record: dict[str, Any]) -> None:
         rec = {"key": key, **record}
         self._fh.write(encode(rec))
+        # Every record reaches the OS at once, so a killed process loses nothing it
+        # finished; fsync (power loss) is batched because it costs milliseconds.
+        self._fh.flush()
         self._records[key] = rec
         self._pending += 1
         if self._pending >= self._fsync_every or time.monotonic() - self._last_sync > self._fsync_seconds:
@@ -111,7 +115,6 @@ class Journal:
 
     def sync(self) -> None:
         if self._pending:
-            self._fh.flush()
             os.fsync(self._fh.fileno())
             self._pending = 0
         self._last_sync = time.monotonic()
