@@ -299,10 +299,11 @@ class MTBench:
                     fields |= {"ref_answer_1": ref[0], "ref_answer_2": ref[1]}
                 answer_sha = _sha(json.dumps(answers[:turn]))
                 for rep in range(self.repeats):
-                    key = sha256_json({"question": ex.id, "turn": turn, "answer_sha256": answer_sha,
-                                       "judge": judge_id, "prompt": prompt.version, "repeat": rep})
                     req = Request(id=f"{ex.id}#judge-t{turn}-r{rep}", messages=prompt.render(**fields),
                                   max_tokens=JUDGE_MAX_TOKENS, temperature=JUDGE_TEMPERATURE)
+                    key = sha256_json({"question": ex.id, "turn": turn, "answer_sha256": answer_sha,
+                                       "judge": judge_id, "prompt": prompt.version, "repeat": rep,
+                                       "sampling": [req.max_tokens, req.temperature]})
                     jobs.append(JudgeJob(ex.id, turn, rep, prompt.version, req, key))
         return jobs
 

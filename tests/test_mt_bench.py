@@ -344,6 +344,16 @@ def test_changed_answer_is_rejudged(tmp_path: Path) -> None:
     assert results[0].scores["score"] == 3.0
 
 
+def test_changed_judge_sampling_is_rejudged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = MTBench(TaskOptions())
+    examples = task.load(1)
+    _score(task, examples, _answers(examples), FakeJudge(lambda q, t, r: "[[5]]"), tmp_path)
+    monkeypatch.setattr(mt_bench, "JUDGE_MAX_TOKENS", 64)
+    judge = FakeJudge(lambda q, t, r: "[[3]]")
+    _score(task, examples, _answers(examples), judge, tmp_path)
+    assert len(judge.requests) == 2 and judge.requests[0].max_tokens == 64
+
+
 def test_a_different_judge_never_reuses_another_judges_ratings(tmp_path: Path) -> None:
     task = MTBench(TaskOptions())
     examples = task.load(2)
