@@ -255,6 +255,13 @@ def _cleanup(slot_uid, tmp, workdir, wipe):
     # As the slot uid: kill whatever the program left running, then remove
     # every file it owns in tmp (root without CAP_DAC_OVERRIDE could not).
     if slot_uid is None:
+        if wipe:  # inside bwrap's PID namespace: everything but its init and this server is the program's
+            for entry in os.listdir("/proc"):
+                if entry.isdigit() and int(entry) not in (1, os.getpid()):
+                    try:
+                        os.kill(int(entry), signal.SIGKILL)
+                    except OSError:
+                        pass
         _remove(workdir)
         for entry in os.listdir(tmp) if wipe else ():
             _remove(os.path.join(tmp, entry))
@@ -286,7 +293,7 @@ def _reap(pid, job, workdir):
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 def _one(job):
-    workdir = os.path.join(job["tmp"], "harness-job-" + job["nonce"][:16])
+    workdir = os.path.join(job["tmp"], "harness-job-" + os.urandom(8).hex())  # not derived from the nonce
     t0 = time.monotonic()
     pid, res_r, out_r = _spawn(job, workdir)
     result, output, timed_out, overflow = _collect(res_r, out_r, t0 + job["limits"]["timeout"],
