@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 from harness.adapters import build_adapter
+from harness.tasks.gsm8k import GSM8K
+
 from harness.models import parse_model_spec
 from harness.runner import RunConfig, TaskOptions, run
-from harness.tasks.gsm8k import GSM8K
 
 
 def bare(model: str, model_args: str | None, opts: TaskOptions) -> float:
