@@ -127,8 +127,9 @@ def run(cfg: RunConfig) -> Path:
     chat_template = _read_chat_template(cfg.chat_template)
     tasks = [build_task(name, cfg.task_options) for name in cfg.suites]
     examples = {t.name: t.load(cfg.task_options.limit) for t in tasks}  # bad data fails here, before the model
-    if cfg.baseline and not Path(cfg.baseline, "summary.json").exists():
-        raise UsageError(f"--baseline {cfg.baseline!r} is not a finished run directory (no summary.json)")
+    if cfg.baseline:
+        from harness.gate import preflight
+        preflight(Path(cfg.baseline), {t.name: (t.version, [ex.id for ex in examples[t.name]]) for t in tasks})
     run_dir = _prepare_run_dir(cfg)
     judge_spec = _judge_spec(cfg, tasks)
     if judge_spec is not None:

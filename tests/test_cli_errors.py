@@ -106,3 +106,16 @@ def test_help_does_not_import_torch() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "light" in res.stdout
+
+
+def test_baseline_that_is_not_a_run(checkpoint_dir: Path, tmp_path: Path) -> None:
+    assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "gsm8k", "--limit", "1",
+                               "--baseline", str(tmp_path / "no-run")), "no-run")
+
+
+def test_run_dir_from_another_format(checkpoint_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"format": 99}))
+    assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "gsm8k", "--limit", "1",
+                               "--out", str(tmp_path / "runs"), "--run-id", "old"), "format")
