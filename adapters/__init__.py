@@ -55,12 +55,13 @@ def resolve_target(spec: ModelSpec) -> str:
 
 
 def build_adapter(spec: ModelSpec, *, chat_template: str | None = None, concurrency: int = 16,
-                  needs_chat: bool = True) -> Any:
+                  needs_chat: bool = True, role: str = "model") -> Any:
+    """``role`` ("model" or "judge") only changes which flags error messages name."""
     kind = resolve_kind(spec)
     _require(kind)
     if kind == "openai":
         from harness.adapters.openai import OpenAIAdapter
-        return OpenAIAdapter(spec, concurrency=concurrency)
+        return OpenAIAdapter(spec, concurrency=concurrency, role=role)
     target = resolve_target(spec)
     if kind == "vllm":
         from harness.adapters.vllm import VLLMAdapter

@@ -298,7 +298,8 @@ class RunContext:
                 raise UsageError("this task needs a judge: pass --judge openai:gpt-4 (with OPENAI_API_KEY), "
                                  "--judge openai:NAME --judge-base-url URL, or --judge hf:PATH")
             from harness.adapters import build_adapter
-            self._judge = build_adapter(self._judge_spec, concurrency=self._judge_concurrency, needs_chat=True)
+            self._judge = build_adapter(self._judge_spec, concurrency=self._judge_concurrency, needs_chat=True,
+                                        role="judge")
         return self._judge
 
     @property
@@ -341,8 +342,16 @@ def _read_chat_template(path: str | None) -> str | None:
         raise UsageError(f"--chat-template {path!r} cannot be read ({exc.strerror}); pass a Jinja template file") from None
 
 
+# --model-args that change how a run is executed, not what it computes: changing
+# them resumes the same run directory.
+EXECUTION_ARGS = VOLATILE_FIELDS | {"timeout", "max_retries", "backoff", "max_backoff", "api_key_env", "check_model",
+                                    "chunk_size"}
+
+
 def default_run_id(cfg: RunConfig) -> str:
-    ident = {"model": asdict(cfg.model), "suites": cfg.suites, "opts": asdict(cfg.task_options),
+    model = {**asdict(cfg.model), "args": {k: v for k, v in cfg.model.args.items() if k not in EXECUTION_ARGS},
+             "base_url": None}
+    ident = {"model": model, "suites": cfg.suites, "opts": asdict(cfg.task_options),
              "chat_template": cfg.chat_template, "meta": cfg.metadata}
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in (cfg.label or cfg.model.label))[:48]
     return f"{slug}-{'+'.join(cfg.suites)}-{sha256_json(ident)[:8]}"
