@@ -28,9 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.tasks.humaneval import build_program, imported_modules, load_problems
-
 from harness.sandbox import Limits, Program, Sandbox
+from harness.tasks.humaneval import build_program, imported_modules, load_problems
 
 
 def default_samples() -> list[dict[str, str]]:

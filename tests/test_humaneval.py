@@ -8,13 +8,13 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from harness.tasks import humaneval as he
 
 from harness.errors import UsageError
 from harness.journal import Journal
 from harness.records import Completion, Example, Result
 from harness.runner import TaskOptions
 from harness.sandbox import Sandbox
+from harness.tasks import humaneval as he
 
 FIXTURES = Path(__file__).parent / "fixtures" / "humaneval"
 

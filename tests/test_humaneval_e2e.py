@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness.tasks.humaneval import load_problems
 from openai_stub import Call, Reply, StubServer
+
+from harness.tasks.humaneval import load_problems
 
 SECRET = "sk-planted-humaneval-Secret-0123456789"
 
