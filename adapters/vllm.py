@@ -327,8 +327,12 @@ class DataParallelEngine:
         pending = asyncio.all_tasks(self._loop)
         for task in pending:
             task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.run_until_complete(_drain(pending))
         self._loop.close()
+
+
+async def _drain(tasks: set[asyncio.Task]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _async_start(cls: Any, args: Any) -> Any:
