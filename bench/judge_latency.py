@@ -25,12 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from harness.tasks.mt_bench import MTBench  # noqa: E402
 from openai_stub import Call, Reply, StubServer  # noqa: E402
 
 from harness.models import ModelSpec  # noqa: E402
 from harness.records import Completion  # noqa: E402
 from harness.runner import RunContext, TaskOptions  # noqa: E402
+from harness.tasks.mt_bench import MTBench  # noqa: E402
 
 
 def judge_reply(call: Call) -> Reply:

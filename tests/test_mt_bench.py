@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.tasks import mt_bench
-from harness.tasks.mt_bench import MTBench, is_gpt4_judge, judge_outcome, parse_rating
 
 from harness.errors import EngineError, UsageError
 from harness.journal import Journal, read_records
 from harness.models import ModelSpec
 from harness.records import Completion, Request
 from harness.runner import TaskOptions
+from harness.tasks import mt_bench
+from harness.tasks.mt_bench import MTBench, is_gpt4_judge, judge_outcome, parse_rating
 
 
 def _turn_of(req: Request) -> tuple[str, int]:

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.tasks import mt_bench
-from harness.tasks.mt_bench import MTBench
 from openai_stub import Call, Reply, StubServer
 
 from harness.journal import read_records
 from harness.models import ModelSpec
 from harness.records import Completion
 from harness.runner import RunContext, TaskOptions
+from harness.tasks import mt_bench
+from harness.tasks.mt_bench import MTBench
 
 pytest.importorskip("openai")
 
