@@ -55,6 +55,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--judge-args", default=None, help="engine options for a local judge, key=value,...")
     j.add_argument("--judge-concurrency", type=int, default=16)
     j.add_argument("--judge-repeats", type=int, default=1, help="judge each answer R times; report mean and spread")
+    j.add_argument("--judge-max-tokens", type=int, default=2048,
+                   help="judge reply budget (default 2048, as FastChat; lower it for CPU plumbing runs)")
     g = p.add_argument_group("gate")
     g.add_argument("--baseline", default=None, help="baseline run directory to compare against")
     g.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a metric regressed significantly")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -131,12 +132,23 @@ class Journal:
         self.close()
 
 
+def strict_json(obj: Any) -> Any:
+    """NaN and infinities become null: strict JSON for every reader, not just Python's."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write a whole JSONL file atomically (temp file + fsync + rename)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(strict_json(row), ensure_ascii=False, allow_nan=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -145,7 +157,7 @@ def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        json.dump(strict_json(obj), f, indent=2, ensure_ascii=False, default=str, allow_nan=False)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

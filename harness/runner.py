@@ -53,6 +53,7 @@ class TaskOptions:
     exec_timeout: float = 10.0
     exec_workers: int | None = None
     judge_repeats: int = 1
+    judge_max_tokens: int = 2048  # FastChat's judge setting
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                        gsm8k_data=args.gsm8k_data, humaneval_mode=args.humaneval_mode, n=args.n,
                        temperature=args.temperature, allow_code_execution=allow_exec,
                        exec_timeout=args.exec_timeout, exec_workers=args.exec_workers,
-                       judge_repeats=args.judge_repeats)
+                       judge_repeats=args.judge_repeats, judge_max_tokens=args.judge_max_tokens)
     judge = JudgeOptions(
         spec=parse_model_spec(args.judge, args.judge_args, args.judge_base_url, flag="--judge") if args.judge else None,
         concurrency=args.judge_concurrency)
@@ -351,7 +352,10 @@ EXECUTION_ARGS = VOLATILE_FIELDS | {"timeout", "max_retries", "backoff", "max_ba
 def default_run_id(cfg: RunConfig) -> str:
     model = {**asdict(cfg.model), "args": {k: v for k, v in cfg.model.args.items() if k not in EXECUTION_ARGS},
              "base_url": None}
-    ident = {"model": model, "suites": cfg.suites, "opts": asdict(cfg.task_options),
+    # Judge settings are left out: a new judge re-judges in the same run directory
+    # (judgments are keyed by judge identity) and reuses every generation.
+    opts = {k: v for k, v in asdict(cfg.task_options).items() if not k.startswith("judge_")}
+    ident = {"model": model, "suites": cfg.suites, "opts": opts,
              "chat_template": cfg.chat_template, "meta": cfg.metadata}
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in (cfg.label or cfg.model.label))[:48]
     return f"{slug}-{'+'.join(cfg.suites)}-{sha256_json(ident)[:8]}"

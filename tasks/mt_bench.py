@@ -251,6 +251,9 @@ class MTBench:
         self.max_tokens = options.max_tokens or MAX_TOKENS
         self.seed = options.seed
         self.repeats = options.judge_repeats
+        if options.judge_max_tokens <= 0:
+            raise UsageError(f"--judge-max-tokens must be a positive number of tokens, got {options.judge_max_tokens}")
+        self.judge_max_tokens = options.judge_max_tokens
         self._judge_label: str | None = None
         self._comparable: bool | None = None
 
@@ -300,7 +303,7 @@ class MTBench:
                 answer_sha = _sha(json.dumps(answers[:turn]))
                 for rep in range(self.repeats):
                     req = Request(id=f"{ex.id}#judge-t{turn}-r{rep}", messages=prompt.render(**fields),
-                                  max_tokens=JUDGE_MAX_TOKENS, temperature=JUDGE_TEMPERATURE)
+                                  max_tokens=self.judge_max_tokens, temperature=JUDGE_TEMPERATURE)
                     key = sha256_json({"question": ex.id, "turn": turn, "answer_sha256": answer_sha,
                                        "judge": judge_id, "prompt": prompt.version, "repeat": rep,
                                        "sampling": [req.max_tokens, req.temperature]})
@@ -386,7 +389,7 @@ class MTBench:
             f"judged by {self._judge_label}, not GPT-4: not comparable to GPT-4-judged MT-Bench scores")
         return {"judge": self._judge_label, "judge_comparable_to_gpt4": comparable, "judge_note": note,
                 "judge_prompts": {name: data.prompts[name].version for name in PROMPTS.values()},
-                "judge_temperature": JUDGE_TEMPERATURE, "judge_max_tokens": JUDGE_MAX_TOKENS,
+                "judge_temperature": JUDGE_TEMPERATURE, "judge_max_tokens": self.judge_max_tokens,
                 "judge_repeats": self.repeats, "reference_answers": "gpt-4 (math, reasoning, coding)",
                 "temperatures": dict(TEMPERATURE), "max_tokens": self.max_tokens, "seed": self.seed,
                 "data_sha256": dict(data.sha256)}

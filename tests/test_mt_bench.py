@@ -344,13 +344,12 @@ def test_changed_answer_is_rejudged(tmp_path: Path) -> None:
     assert results[0].scores["score"] == 3.0
 
 
-def test_changed_judge_sampling_is_rejudged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_changed_judge_sampling_is_rejudged(tmp_path: Path) -> None:
     task = MTBench(TaskOptions())
     examples = task.load(1)
     _score(task, examples, _answers(examples), FakeJudge(lambda q, t, r: "[[5]]"), tmp_path)
-    monkeypatch.setattr(mt_bench, "JUDGE_MAX_TOKENS", 64)
     judge = FakeJudge(lambda q, t, r: "[[3]]")
-    _score(task, examples, _answers(examples), judge, tmp_path)
+    _score(MTBench(TaskOptions(judge_max_tokens=64)), examples, _answers(examples), judge, tmp_path)
     assert len(judge.requests) == 2 and judge.requests[0].max_tokens == 64
 
 
