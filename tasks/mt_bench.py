@@ -52,7 +52,7 @@ TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "reasoning": 0.0, "math": 0.0, "
 NEED_REF_CATS = frozenset({"math", "reasoning", "coding"})  # common.py NEED_REF_CATS
 MAX_TOKENS = 1024
 JUDGE_TEMPERATURE = 0.0  # run_judge_single: temperature=0, max_tokens=2048
-JUDGE_MAX_TOKENS = 2048
+JUDGE_MAX_TOKENS = 2048  # the default of --judge-max-tokens (TaskOptions.judge_max_tokens)
 RATING_RE = re.compile(r"\[\[(\d+\.?\d*)\]\]")  # common.py one_score_pattern
 RATING_BACKUP_RE = re.compile(r"\[(\d+\.?\d*)\]")  # one_score_pattern_backup
 PROMPTS = {(False, 1): "single-v1", (True, 1): "single-math-v1",
