@@ -70,10 +70,14 @@ def build_adapter(spec: ModelSpec, *, chat_template: str | None = None, concurre
     return HFAdapter(spec, target, chat_template=chat_template, needs_chat=needs_chat)
 
 
-def preflight_judge(spec: ModelSpec) -> None:
-    """Fail fast on an unreachable judge endpoint, before any generation."""
+def preflight(spec: ModelSpec, role: str = "model") -> None:
+    """Fail fast on a missing backend or an unreachable endpoint, before any work."""
     kind = resolve_kind(spec)
     _require(kind)
     if kind == "openai":
         from harness.adapters.openai import health_check
-        health_check(spec)
+        health_check(spec, role)
+
+
+def preflight_judge(spec: ModelSpec) -> None:
+    preflight(spec, role="judge")

@@ -118,11 +118,12 @@ def main_run(args: argparse.Namespace) -> int:
 
 def run(cfg: RunConfig) -> Path:
     """Run every task of the config; return the run directory."""
-    from harness.adapters import build_adapter, preflight_judge
+    from harness.adapters import build_adapter, preflight, preflight_judge
     from harness.tasks import build_task
 
     t0 = time.monotonic()
     check_model_target(cfg.model)
+    preflight(cfg.model)
     if cfg.judge.spec:
         check_model_target(cfg.judge.spec, flag="--judge")
     chat_template = _read_chat_template(cfg.chat_template)
