@@ -119,3 +119,10 @@ def test_run_dir_from_another_format(checkpoint_dir: Path, tmp_path: Path) -> No
     (run / "config.json").write_text(json.dumps({"format": 99}))
     assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "gsm8k", "--limit", "1",
                                "--out", str(tmp_path / "runs"), "--run-id", "old"), "format")
+
+
+def test_mt_bench_without_a_judge(checkpoint_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    res = subprocess.run([sys.executable, "-m", "harness", "run", "--model", str(checkpoint_dir), "--suite", "mt_bench",
+                          "--limit", "1"], capture_output=True, text=True, timeout=60, env=env)
+    assert_usage_error(res, "mt_bench needs a judge")
