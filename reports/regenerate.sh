@@ -25,3 +25,11 @@ code=0
 "$harness" check "$runs/smollm2-3shot" --baseline "$runs/smollm2-0shot" > "$out/check.txt" || code=$?
 echo "exit code: $code" >> "$out/check.txt"
 cat "$out/check.txt"
+# The HTML page as a real browser renders it (Debian: apt-get install -y chromium).
+if command -v chromium > /dev/null; then
+  profile=$(mktemp -d)
+  chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+    --disable-component-update --disable-sync --user-data-dir="$profile" --screenshot="$out/screenshot.png" \
+    --window-size=1400,1800 "file://$PWD/$out/report.html" 2> /dev/null
+  rm -rf "$profile"
+fi
