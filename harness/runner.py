@@ -110,7 +110,13 @@ def main_run(args: argparse.Namespace) -> int:
     run_dir = run(cfg)
     if cfg.baseline:
         from harness.gate import gate_runs
-        code = gate_runs(run_dir, Path(cfg.baseline), cfg.max_drop, cfg.alpha)
+        try:
+            code = gate_runs(run_dir, Path(cfg.baseline), cfg.max_drop, cfg.alpha)
+        except UsageError as exc:
+            if cfg.fail_on_regression:
+                raise
+            log.warning("comparison with --baseline skipped: %s", exc)
+            return 0
         if cfg.fail_on_regression:
             return code
     return 0
