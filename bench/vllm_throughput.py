@@ -64,6 +64,7 @@ def bench_vllm(path: str, args: dict, reqs: list[Request], repeats: int) -> dict
             order = [("bare", bare), ("adapter", ours)] if i % 2 == 0 else [("adapter", ours), ("bare", bare)]
             for name, fn in order:
                 runs[name].append(timed(fn))
+                print(f"  repeat {i + 1} {name}: {runs[name][-1][0]:.2f} s", flush=True)
         return {k: _median(v) for k, v in runs.items()}
     finally:
         adapter.close()
