@@ -414,7 +414,11 @@ def bwrap_command(bwrap: str, limits: Limits) -> list[str]:
         args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         args += ["--unshare-user"]
-    made: set[str] = set()
+    # The private /tmp comes first: a Python prefix that lives under /tmp (a CI
+    # venv, say) is then bound read-only on top of it instead of being hidden.
+    args += ["--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", "--dev", "/dev",
+             "--remount-ro", "/dev", "--proc", "/proc"]
+    made: set[str] = {"/tmp"}
     for p in _ro_paths():
         # bwrap creates missing parents with the host's mode (/root is 0700),
         # which the unprivileged slot uid could not traverse.
@@ -426,8 +430,7 @@ def bwrap_command(bwrap: str, limits: Limits) -> list[str]:
             args += ["--symlink", os.readlink(p), p]
         elif os.path.isdir(p):
             args += ["--ro-bind", p, p]
-    args += ["--size", str(limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", "--dev", "/dev",
-             "--remount-ro", "/dev", "--proc", "/proc", "--chdir", "/tmp", "--clearenv"]
+    args += ["--chdir", "/tmp", "--clearenv"]
     for k, v in _clean_env("/tmp").items():
         args += ["--setenv", k, v]
     return args
