@@ -5,6 +5,11 @@ the requests the run will send. Measured ("harness"): the whole run in the
 same process — plan, load, generate with journaling, score, summary, report —
 in a fresh run directory. Goal: ratio <= 1.05.
 
+Both wall time and process CPU time are printed: on a shared machine the wall
+ratio moves with the neighbours' load, the CPU ratio much less. Repeats
+alternate the order (bare first, then harness first) so warm-cache effects
+cancel.
+
     python bench/gsm8k_overhead.py --model smollm2-135m-instruct --limit 16
 """
 
@@ -17,27 +22,28 @@ import time
 from pathlib import Path
 
 from harness.adapters import build_adapter
-from harness.tasks.gsm8k import GSM8K
-
 from harness.models import parse_model_spec
 from harness.runner import RunConfig, TaskOptions, run
+from harness.tasks.gsm8k import GSM8K
 
 
-def bare(model: str, model_args: str | None, opts: TaskOptions) -> float:
-    t0 = time.perf_counter()
+def bare(model: str, model_args: str | None, opts: TaskOptions) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
     task = GSM8K(opts)
     examples = task.load(opts.limit)
     reqs = task.requests(examples, 0, {})
     adapter = build_adapter(parse_model_spec(model, model_args))
     adapter.generate(reqs)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def harness(model: str, model_args: str | None, opts: TaskOptions, out: Path) -> float:
-    cfg = RunConfig(model=parse_model_spec(model, model_args), suites=("gsm8k",), out=out, task_options=opts)
-    t0 = time.perf_counter()
-    run(cfg)
-    return time.perf_counter() - t0
+def harness(model: str, model_args: str | None, opts: TaskOptions) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = RunConfig(model=parse_model_spec(model, model_args), suites=("gsm8k",), out=Path(tmp),
+                        task_options=opts)
+        t0, c0 = time.perf_counter(), time.process_time()
+        run(cfg)
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -51,17 +57,17 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     opts = TaskOptions(limit=args.limit, max_tokens=args.max_tokens)
     bare(args.model, args.model_args, TaskOptions(limit=2, max_tokens=4))  # warm-up: conversion, imports, caches
-    rows = []
+    wall = {"bare": 0.0, "harness": 0.0}
+    cpu = {"bare": 0.0, "harness": 0.0}
     for i in range(args.repeats):
-        t_bare = bare(args.model, args.model_args, opts)
-        with tempfile.TemporaryDirectory() as tmp:
-            t_harness = harness(args.model, args.model_args, opts, Path(tmp))
-        rows.append((t_bare, t_harness))
-        print(f"repeat {i + 1}: bare adapter {t_bare:.1f} s | harness end-to-end {t_harness:.1f} s | "
-              f"ratio {t_harness / t_bare:.3f}")
-    tb, th = sum(r[0] for r in rows), sum(r[1] for r in rows)
-    print(f"GSM8K n={args.limit} model={args.model}: harness/bare = {th / tb:.3f} (goal <= 1.05)")
-
+        order = ("bare", "harness") if i % 2 == 0 else ("harness", "bare")
+        for name in order:
+            w, c = bare(args.model, args.model_args, opts) if name == "bare" else harness(args.model, args.model_args, opts)
+            wall[name] += w
+            cpu[name] += c
+            print(f"repeat {i + 1} {name}: wall {w:.1f} s, cpu {c:.1f} s")
+    print(f"GSM8K n={args.limit} model={args.model}: harness/bare wall = {wall['harness'] / wall['bare']:.3f}, "
+          f"cpu = {cpu['harness'] / cpu['bare']:.3f} (goal <= 1.05)")
 
 if __name__ == "__main__":
     main()

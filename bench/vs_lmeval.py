@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 
 from harness.adapters import resolve_target
-from harness.tasks.gsm8k import INSTRUCTION, gold_answer, load_rows, score_one
-
 from harness.models import ModelSpec
 from harness.records import Completion, Example
+from harness.tasks.gsm8k import INSTRUCTION, gold_answer, load_rows, score_one
 
 TASK_YAML = """task: gsm8k_harness_bench
 dataset_path: json

@@ -14,10 +14,10 @@ import threading
 import time
 
 import pytest
-from harness.adapters import preflight_judge
-from harness.adapters.openai import OpenAIAdapter, health_check
 from openai_stub import Reply, StubServer, echo, echo_text, fail_first, script
 
+from harness.adapters import preflight_judge
+from harness.adapters.openai import OpenAIAdapter, health_check
 from harness.errors import EngineError, UsageError
 from harness.models import ModelSpec
 from harness.records import Message, Request

@@ -28,10 +28,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from harness.tasks import build_task
 from openai_stub import Call, Reply, StubServer
 
 from harness.runner import TaskOptions
+from harness.tasks import build_task
 
 SECRET = "sk-planted-e2e-Secret-0123456789"
 EXPECTED = {"strict": 3 / 5, "flexible": 4 / 5}
@@ -256,7 +256,6 @@ GREEDY = _greedy_requests()
 @pytest.mark.slow
 def test_adapter_against_vllm_serve(vllm_server, monkeypatch):
     from harness.adapters.openai import OpenAIAdapter
-
     from harness.models import ModelSpec
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -278,7 +277,6 @@ def test_vllm_serve_greedy_matches_hf_adapter(vllm_server, tiny_llama, monkeypat
     pytest.importorskip("torch")
     from harness.adapters.hf import HFAdapter
     from harness.adapters.openai import OpenAIAdapter
-
     from harness.models import ModelSpec
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

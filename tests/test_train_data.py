@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+
+from harness.errors import UsageError
+from harness.records import Message
 from harness.train.data import (
     SourceSpec,
     convert,
@@ -15,9 +18,6 @@ from harness.train.data import (
     read_records,
     subsample,
 )
-
-from harness.errors import UsageError
-from harness.records import Message
 
 FIX = Path(__file__).parent / "fixtures" / "train"
 EXAMPLES = Path(__file__).parent.parent / "train" / "examples"

@@ -11,6 +11,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from harness.errors import UsageError  # noqa: E402
+from harness.records import Message  # noqa: E402
 from harness.train import strategies as S  # noqa: E402
 from harness.train.data import Conversation, SourceSpec, load_source, subsample  # noqa: E402
 from harness.train.sft import (  # noqa: E402
@@ -27,9 +29,6 @@ from harness.train.sft import (  # noqa: E402
     pack,
     train_stages,
 )
-
-from harness.errors import UsageError  # noqa: E402
-from harness.records import Message  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 EXAMPLES = Path(__file__).parent.parent / "train" / "examples"

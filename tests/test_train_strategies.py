@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from harness.train import strategies as S
-from harness.train.data import Conversation
 
 from harness.errors import UsageError
 from harness.records import Message
+from harness.train import strategies as S
+from harness.train.data import Conversation
 
 
 def _src(name: str, n: int) -> list[Conversation]:

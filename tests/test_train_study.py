@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
-from harness.train.study import load_sources, make_plan, parse_study
 
 from harness.cli import main
 from harness.errors import UsageError
+from harness.train.study import load_sources, make_plan, parse_study
 
 EXAMPLES = Path(__file__).parent.parent / "train" / "examples"
 
@@ -80,9 +80,8 @@ def tiny(tmp_path_factory):
 def test_tiny_study_end_to_end_then_rerun_does_nothing(tiny, tmp_path, monkeypatch, isolated_caches):
     """The committed tiny study, on a tiny random llama: train -> evaluate -> report; a rerun reuses it all."""
     pytest.importorskip("harness.adapters.hf")
-    from harness.train import sft
-
     import harness.runner
+    from harness.train import sft
 
     data = _tiny_study()
     data["base_model"] = str(tiny)

@@ -64,7 +64,6 @@ def test_harness_run_gsm8k_through_vllm(vllm_run: Path) -> None:
 def test_greedy_completions_match_the_hf_adapter(vllm_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
     from harness.adapters.hf import HFAdapter
-
     from harness.embedded import ensure_embedded
     from harness.models import ModelSpec
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from harness.adapters.vllm import (
     EnginePlan,
     VLLMAdapter,
@@ -23,7 +24,6 @@ from harness.adapters.vllm import (
     run_chunked,
     split_lora_target,
 )
-
 from harness.errors import EngineError, UsageError
 from harness.models import ModelSpec
 from harness.records import Completion, Message, Request

@@ -31,11 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.train.data import Conversation
-from harness.train.strategies import Stage
-
 from harness.errors import UsageError
 from harness.records import Message, sha256_json
+from harness.train.data import Conversation
+from harness.train.strategies import Stage
 
 log = logging.getLogger("harness")
 

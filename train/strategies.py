@@ -27,9 +27,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from harness.train.data import Conversation, subsample
-
 from harness.errors import UsageError
+from harness.train.data import Conversation, subsample
 
 STRATEGIES = ("single", "multi_task", "sequential", "mixed_sequential", "dmt", "custom")
 PAPER_ORDER = ("code", "math", "general")

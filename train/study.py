@@ -39,10 +39,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UsageError
 from harness.train.data import FORMATS, Conversation, SourceSpec
 from harness.train.strategies import PAPER_ORDER, STRATEGIES, Stage
-
-from harness.errors import UsageError
 
 log = logging.getLogger("harness")
 
@@ -314,9 +313,8 @@ def print_plan(points: list[GridPoint]) -> None:
 
 
 def resolve_base(study: Study) -> Any:
-    from harness.train.sft import BaseModel
-
     from harness.models import EMBEDDED_ALIASES, ModelSpec, check_model_target, fingerprint_checkpoint
+    from harness.train.sft import BaseModel
 
     target = study.base_model
     if target in EMBEDDED_ALIASES:
