@@ -136,8 +136,9 @@ def run(cfg: RunConfig) -> Path:
     tasks = [build_task(name, cfg.task_options) for name in cfg.suites]
     examples = {t.name: t.load(cfg.task_options.limit) for t in tasks}  # bad data fails here, before the model
     if cfg.baseline:
-        from harness.gate import preflight
-        preflight(Path(cfg.baseline), {t.name: (t.version, [ex.id for ex in examples[t.name]]) for t in tasks})
+        from harness.gate import preflight as preflight_baseline
+        preflight_baseline(Path(cfg.baseline), {t.name: (t.version, [ex.id for ex in examples[t.name]])
+                                                for t in tasks})
     run_dir = _prepare_run_dir(cfg)
     judge_spec = _judge_spec(cfg, tasks)
     if judge_spec is not None:
@@ -155,12 +156,17 @@ def run(cfg: RunConfig) -> Path:
     ctx = RunContext(run_dir=run_dir, judge_spec=judge_spec, judge_concurrency=cfg.judge.concurrency)
     summary: dict[str, Any] = {"run_id": run_dir.name, "harness_version": __version__, "format": RUN_FORMAT,
                                "label": config["label"], "tasks": {}}
+    # Every generation pass first, then the model is released before scoring, so a
+    # local judge (hf:/vllm:) never shares the GPU with the model under test.
+    try:
+        generated = {t.name: _generate_task(t, examples[t.name], adapter, run_dir) for t in tasks}
+    finally:
+        _close(adapter)
     try:
         for task in tasks:
-            summary["tasks"][task.name] = _run_task(task, examples[task.name], adapter, ctx, run_dir)
+            summary["tasks"][task.name] = _score_task(task, examples[task.name], *generated[task.name], ctx, run_dir)
     finally:
         ctx.close()
-        _close(adapter)
     config["finished_at"] = _now()
     config["wall_seconds"] = round(time.monotonic() - t0, 3)
     write_json_atomic(run_dir / "config.json", config)
@@ -171,7 +177,8 @@ def run(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def _run_task(task: Task, examples: list[Example], adapter: Adapter, ctx: RunContext, run_dir: Path) -> dict:
+def _generate_task(task: Task, examples: list[Example], adapter: Adapter,
+                   run_dir: Path) -> tuple[dict[str, list[Completion]], list[list[Request]]]:
     t0 = time.monotonic()
     identity = {"adapter": cache_identity(adapter.describe()), "task": task.name, "task_version": task.version}
     completions: dict[str, list[Completion]] = {ex.id: [] for ex in examples}
@@ -184,9 +191,14 @@ def _run_task(task: Task, examples: list[Example], adapter: Adapter, ctx: RunCon
                                       if task.turns > 1 else task.name)
             for req, comp in zip(reqs, done, strict=True):
                 completions[_example_id(req.id)].append(comp)
-    t1 = time.monotonic()
     n_gen = sum(len(r) for r in requests_by_turn)
-    log.info("generate: %s %d requests (%.1f s)", task.name, n_gen, t1 - t0)
+    log.info("generate: %s %d requests (%.1f s)", task.name, n_gen, time.monotonic() - t0)
+    return completions, requests_by_turn
+
+
+def _score_task(task: Task, examples: list[Example], completions: dict[str, list[Completion]],
+                requests_by_turn: list[list[Request]], ctx: RunContext, run_dir: Path) -> dict:
+    t1 = time.monotonic()
     results = task.score(examples, completions, ctx)
     metrics = task.aggregate(results)
     rows = [_sample_row(ex, requests_by_turn, completions[ex.id], res)
