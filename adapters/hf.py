@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
+from harness.adapters import resolve_chat_template
 from harness.errors import UsageError
 from harness.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
 from harness.records import Completion, OnResult, Request
@@ -84,12 +85,7 @@ class HFAdapter:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        if chat_template is not None:
-            self.tokenizer.chat_template = chat_template
-        self.chat_template = self.tokenizer.chat_template
-        if needs_chat and not self.chat_template:
-            raise UsageError(f"the tokenizer of {target} has no chat template and a chat-mode task was chosen; "
-                             "pass one with --chat-template FILE.jinja (or use --humaneval-mode completion)")
+        self.chat_template = resolve_chat_template(self.tokenizer, chat_template, target, needs_chat)
         self.model = _load(AutoModelForCausalLM.from_pretrained, target, "model", dtype=self.dtype, **kwargs)
         if spec.args.get("lora"):
             self.model = _apply_lora(self.model, str(spec.args["lora"]))

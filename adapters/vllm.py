@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.adapters import resolve_chat_template
 from harness.errors import EngineError, UsageError
 from harness.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
 from harness.records import Completion, OnResult, Request
@@ -186,12 +187,7 @@ class VLLMAdapter:
         self.target = target
         model, args = split_lora_target(target, spec.args)
         self.tokenizer = _load_tokenizer(model, args)
-        if chat_template is not None:
-            self.tokenizer.chat_template = chat_template
-        self.chat_template = self.tokenizer.chat_template
-        if needs_chat and not self.chat_template:
-            raise UsageError(f"the tokenizer of {target} has no chat template and a chat-mode task was chosen; "
-                             "pass one with --chat-template FILE.jinja (or use --humaneval-mode completion)")
+        self.chat_template = resolve_chat_template(self.tokenizer, chat_template, target, needs_chat)
         on_cpu = _on_cpu()
         self.plan = plan_engine(args, model, on_cpu=on_cpu, environ=os.environ, cpus=_usable_cpus())
         check_engine_args(vllm, self.plan.kwargs)

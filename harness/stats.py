@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import Any
 
 Z95 = 1.959963984540054
 
@@ -37,6 +38,14 @@ def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
         return mean, float("nan")
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, math.sqrt(var / n)
+
+
+def metric_means(results: Sequence[Any], metrics: Sequence[Any]) -> dict[str, float]:
+    """``{name: mean, name_stderr: se}`` for each MetricSpec over scored results (``r.scores[spec.key]``)."""
+    out: dict[str, float] = {}
+    for m in metrics:
+        out[m.name], out[f"{m.name}_stderr"] = mean_stderr([r.scores[m.key] for r in results])
+    return out
 
 
 def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:

@@ -34,7 +34,7 @@ from typing import Any
 
 from harness.errors import UsageError
 from harness.records import Completion, Example, Message, MetricSpec, Request, Result
-from harness.stats import mean_stderr
+from harness.stats import metric_means
 
 DATA_DIR = Path(__file__).parent / "data" / "gsm8k"
 
@@ -199,11 +199,7 @@ class GSM8K:
     def aggregate(self, results: Sequence[Result]) -> dict[str, float]:
         scored = [r for r in results if r.error is None]
         out: dict[str, float] = {"n": len(results), "scored": len(scored), "errors": len(results) - len(scored)}
-        for m in self.metrics:
-            mean, se = mean_stderr([r.scores[m.key] for r in scored])
-            out[m.name] = mean
-            out[f"{m.name}_stderr"] = se
-        return out
+        return {**out, **metric_means(scored, self.metrics)}
 
     def describe(self) -> dict[str, Any]:
         return {"prompt": "fewshot-chat" if self.num_fewshot else "zeroshot-chat", "num_fewshot": self.num_fewshot,

@@ -37,7 +37,7 @@ from typing import Any
 
 from harness.errors import UsageError
 from harness.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
-from harness.stats import mean_stderr
+from harness.stats import metric_means
 
 DATA_DIR = Path(__file__).parent / "data" / "humaneval"
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -239,11 +239,7 @@ class HumanEval:
         out: dict[str, float] = {"n": len(results), "scored": len(scored), "errors": len(results) - len(scored),
                                  "samples": len(statuses), "timed_out": statuses.count("timed out"),
                                  "sandbox_violations": statuses.count("sandbox violation")}
-        for m in self.metrics:
-            mean, se = mean_stderr([r.scores[m.key] for r in scored])
-            out[m.name] = mean
-            out[f"{m.name}_stderr"] = se
-        return out
+        return {**out, **metric_means(scored, self.metrics)}
 
     def describe(self) -> dict[str, Any]:
         return {"prompt_mode": self.mode, "requested_mode": self.requested_mode, "n": self.n,
