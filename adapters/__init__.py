@@ -11,8 +11,8 @@ import importlib.util
 import logging
 from typing import Any
 
-from harness.errors import UsageError
-from harness.models import EMBEDDED_ALIASES, ModelSpec
+from harness.core.errors import UsageError
+from harness.core.models import EMBEDDED_ALIASES, ModelSpec
 
 log = logging.getLogger("harness")
 
@@ -49,7 +49,7 @@ def _require(kind: str) -> None:
 def resolve_target(spec: ModelSpec) -> str:
     """Local path for embedded aliases (converted once, then cached)."""
     if spec.target in EMBEDDED_ALIASES:
-        from harness.embedded import ensure_embedded
+        from harness.run.embedded import ensure_embedded
         return str(ensure_embedded(spec.target))
     return spec.target
 

@@ -31,9 +31,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from harness.adapters import resolve_chat_template
-from harness.errors import UsageError
-from harness.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
-from harness.records import Completion, OnResult, Request
+from harness.core.errors import UsageError
+from harness.core.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
+from harness.core.records import Completion, OnResult, Request
 
 log = logging.getLogger("harness")
 

@@ -38,10 +38,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from harness.env import scrub
-from harness.errors import EngineError, UsageError
-from harness.models import ModelSpec
-from harness.records import Completion, OnResult, Request
+from harness.core.env import scrub
+from harness.core.errors import EngineError, UsageError
+from harness.core.models import ModelSpec
+from harness.core.records import Completion, OnResult, Request
 
 log = logging.getLogger("harness")
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from harness.adapters import build_adapter
-from harness.models import parse_model_spec
-from harness.runner import RunConfig, TaskOptions, run
+from harness.core.models import parse_model_spec
+from harness.run.runner import RunConfig, TaskOptions, run
 from harness.tasks.gsm8k import GSM8K
 
 

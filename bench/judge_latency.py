@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from openai_stub import Call, Reply, StubServer  # noqa: E402
 
-from harness.models import ModelSpec  # noqa: E402
-from harness.records import Completion  # noqa: E402
-from harness.runner import RunContext, TaskOptions  # noqa: E402
+from harness.core.models import ModelSpec  # noqa: E402
+from harness.core.records import Completion  # noqa: E402
+from harness.run.runner import RunContext, TaskOptions  # noqa: E402
 from harness.tasks.mt_bench import MTBench  # noqa: E402
 
 

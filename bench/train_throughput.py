@@ -39,7 +39,7 @@ def model_dir(name: str | None, convs: list, tmp: Path) -> str:
         from harness.train.sft import build_tiny_llama, conversation_texts
         return str(build_tiny_llama(tmp / "tiny", conversation_texts(convs)))
     from harness.adapters import resolve_target
-    from harness.models import ModelSpec
+    from harness.core.models import ModelSpec
     return resolve_target(ModelSpec("hf", name))
 
 

@@ -21,9 +21,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from harness.models import ModelSpec, parse_model_args
-from harness.records import Request
-from harness.runner import TaskOptions
+from harness.core.models import ModelSpec, parse_model_args
+from harness.core.records import Request
+from harness.run.runner import TaskOptions
 
 
 def gsm8k_requests(n: int, max_tokens: int) -> list[Request]:

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from harness.adapters import resolve_target
-from harness.models import ModelSpec
-from harness.records import Completion, Example
+from harness.core.models import ModelSpec
+from harness.core.records import Completion, Example
 from harness.tasks.gsm8k import INSTRUCTION, gold_answer, load_rows, score_one
 
 TASK_YAML = """task: gsm8k_harness_bench

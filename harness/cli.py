@@ -16,7 +16,7 @@ import logging
 import sys
 
 from harness import __version__
-from harness.errors import EngineError, UsageError
+from harness.core.errors import EngineError, UsageError
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:
@@ -106,13 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace) -> int:
     # Imports are local so `harness --help` stays instant and torch-free.
     if args.command == "run":
-        from harness.runner import main_run
+        from harness.run.runner import main_run
         return main_run(args)
     if args.command == "report":
-        from harness.report import main_report
+        from harness.readout.report import main_report
         return main_report(args)
     if args.command == "check":
-        from harness.gate import main_check
+        from harness.readout.gate import main_check
         return main_check(args)
     if args.command == "study":
         from harness.train.study import main_study

@@ -8,11 +8,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from harness.records import Task
-    from harness.runner import TaskOptions
+    from harness.core.records import Task
+    from harness.run.runner import TaskOptions
 
 # name -> "module:class"
 REGISTRY: dict[str, str] = {

@@ -32,9 +32,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
-from harness.records import Completion, Example, Message, MetricSpec, Request, Result
-from harness.stats import metric_means
+from harness.core.errors import UsageError
+from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result
+from harness.core.stats import metric_means
 
 DATA_DIR = Path(__file__).parent / "data" / "gsm8k"
 

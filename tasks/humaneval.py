@@ -35,9 +35,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
-from harness.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
-from harness.stats import metric_means
+from harness.core.errors import UsageError
+from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
+from harness.core.stats import metric_means
 
 DATA_DIR = Path(__file__).parent / "data" / "humaneval"
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")

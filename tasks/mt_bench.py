@@ -38,9 +38,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness.errors import EngineError, UsageError
-from harness.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
-from harness.stats import mean_stderr
+from harness.core.errors import EngineError, UsageError
+from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
+from harness.core.stats import mean_stderr
 
 DATA_DIR = Path(__file__).parent / "data" / "mt_bench"
 DATA_FILES = ("question.jsonl", "reference_answer_gpt-4.jsonl", "judge_prompts.jsonl", "LICENSE")
@@ -197,7 +197,7 @@ def is_gpt4_judge(spec: Any) -> bool:
 
 def judge_identity(judge: Any, spec: Any) -> dict[str, Any]:
     """What makes two judges the same judge: the spec and the adapter's non-volatile description."""
-    from harness.env import redact
+    from harness.core.env import redact
 
     desc = {k: v for k, v in dict(judge.describe()).items() if k not in VOLATILE_JUDGE_FIELDS}
     label = f"{spec.kind}:{spec.target}" if spec is not None else getattr(judge, "name", "judge")
@@ -418,7 +418,7 @@ def _repeat_spread(results: Sequence[Result]) -> dict[str, float]:
 
 def _run_judge(judge: Any, jobs: Sequence[JudgeJob], journal: Any, ctx: Any, identity: Mapping[str, Any]) -> None:
     """One batched judge pass; each judgment is journaled as it lands, so a kill loses only those in flight."""
-    from harness.env import scrub
+    from harness.core.env import scrub
 
     bar = ctx.progress("mt_bench judge", len(jobs))
     written: set[int] = set()

@@ -9,9 +9,9 @@ import pytest
 from test_report_synth import MT_SPECS, binary_scores, gsm8k, make_run
 
 from harness.cli import main
-from harness.compare import load_run
-from harness.gate import DEFAULT_MAX_DROP, evaluate
-from harness.stats import mcnemar_exact_one_sided
+from harness.core.stats import mcnemar_exact_one_sided
+from harness.readout.compare import load_run
+from harness.readout.gate import DEFAULT_MAX_DROP, evaluate
 
 BASE = [1] * 60 + [0] * 140  # 30% on 200 items
 
@@ -148,7 +148,7 @@ def test_defaults_and_errored_items(tmp_path):
 
 def test_false_alarm_rate_at_the_margin_is_at_most_alpha():
     """Simulate runs whose true drop equals the allowed margin: the gate fires at most ~alpha of the time."""
-    from harness.gate import _judge_binary
+    from harness.readout.gate import _judge_binary
 
     rng = random.Random(11)
     n, fired, sims = 300, 0, 400
@@ -163,8 +163,8 @@ def test_false_alarm_rate_at_the_margin_is_at_most_alpha():
 
 
 def test_preflight_refuses_a_baseline_on_other_items_before_the_model_loads(tmp_path):
-    from harness.errors import UsageError
-    from harness.gate import preflight
+    from harness.core.errors import UsageError
+    from harness.readout.gate import preflight
 
     base = make_run(tmp_path, "base", gsm8k(BASE))
     ids = sorted(binary_scores(BASE))

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from harness.errors import UsageError
-from harness.records import Completion, Example
-from harness.runner import TaskOptions
+from harness.core.errors import UsageError
+from harness.core.records import Completion, Example
+from harness.run.runner import TaskOptions
 from harness.tasks.gsm8k import (
     GSM8K,
     extract_flexible,

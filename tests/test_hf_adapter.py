@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UsageError
-from harness.models import ModelSpec
-from harness.records import Message, Request
+from harness.core.errors import UsageError
+from harness.core.models import ModelSpec
+from harness.core.records import Message, Request
 
 pytest.importorskip("torch")
 

@@ -13,8 +13,8 @@ import tempfile
 import pytest
 from test_report_synth import MT_SPECS, binary_scores, make_run
 
-from harness.records import MetricSpec
-from harness.report import write_report
+from harness.core.records import MetricSpec
+from harness.readout.report import write_report
 
 pytest.importorskip("matplotlib")
 

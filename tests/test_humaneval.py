@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UsageError
-from harness.journal import Journal
-from harness.records import Completion, Example, Result
-from harness.runner import TaskOptions
+from harness.core.errors import UsageError
+from harness.core.journal import Journal
+from harness.core.records import Completion, Example, Result
+from harness.run.runner import TaskOptions
 from harness.sandbox import Sandbox
 from harness.tasks import humaneval as he
 
@@ -236,7 +236,7 @@ def test_cli_suite_all_without_opt_in_exits_2_before_loading_a_model(tmp_path, m
 
 def test_env_variable_opts_in(monkeypatch) -> None:
     from harness.cli import build_parser
-    from harness.runner import config_from_args
+    from harness.run.runner import config_from_args
 
     monkeypatch.setenv("HARNESS_ALLOW_CODE_EXECUTION", "1")
     args = build_parser().parse_args(["run", "--model", "smollm2-135m-instruct", "--suite", "humaneval"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from harness.journal import Journal, encode, read_records
+from harness.core.journal import Journal, encode, read_records
 
 
 def test_roundtrip_and_last_record_wins(tmp_path) -> None:

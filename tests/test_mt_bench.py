@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from harness.errors import EngineError, UsageError
-from harness.journal import Journal, read_records
-from harness.models import ModelSpec
-from harness.records import Completion, Request
-from harness.runner import TaskOptions
+from harness.core.errors import EngineError, UsageError
+from harness.core.journal import Journal, read_records
+from harness.core.models import ModelSpec
+from harness.core.records import Completion, Request
+from harness.run.runner import TaskOptions
 from harness.tasks import mt_bench
 from harness.tasks.mt_bench import MTBench, is_gpt4_judge, judge_outcome, parse_rating
 

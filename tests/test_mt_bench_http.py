@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from openai_stub import Call, Reply, StubServer
 
-from harness.journal import read_records
-from harness.models import ModelSpec
-from harness.records import Completion
-from harness.runner import RunContext, TaskOptions
+from harness.core.journal import read_records
+from harness.core.models import ModelSpec
+from harness.core.records import Completion
+from harness.run.runner import RunContext, TaskOptions
 from harness.tasks import mt_bench
 from harness.tasks.mt_bench import MTBench
 

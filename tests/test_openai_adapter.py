@@ -18,9 +18,9 @@ from openai_stub import Reply, StubServer, echo, echo_text, fail_first, script
 
 from harness.adapters import preflight_judge
 from harness.adapters.openai import OpenAIAdapter, health_check
-from harness.errors import EngineError, UsageError
-from harness.models import ModelSpec
-from harness.records import Message, Request
+from harness.core.errors import EngineError, UsageError
+from harness.core.models import ModelSpec
+from harness.core.records import Message, Request
 
 FAST = {"backoff": 0.01, "max_backoff": 0.05}  # retries without waiting in tests
 

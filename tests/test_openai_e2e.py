@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from openai_stub import Call, Reply, StubServer
 
-from harness.runner import TaskOptions
+from harness.run.runner import TaskOptions
 from harness.tasks import build_task
 
 SECRET = "sk-planted-e2e-Secret-0123456789"
@@ -242,7 +242,7 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def _greedy_requests() -> list:
-    from harness.records import Message, Request
+    from harness.core.records import Message, Request
 
     reqs = [Request(id=f"c{i}", messages=(Message("user", f"Count to {i}."),), max_tokens=12, seed=1)
             for i in range(6)]
@@ -256,7 +256,7 @@ GREEDY = _greedy_requests()
 @pytest.mark.slow
 def test_adapter_against_vllm_serve(vllm_server, monkeypatch):
     from harness.adapters.openai import OpenAIAdapter
-    from harness.models import ModelSpec
+    from harness.core.models import ModelSpec
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     a = OpenAIAdapter(ModelSpec("openai", "tiny", {}, vllm_server), concurrency=4)
@@ -277,7 +277,7 @@ def test_vllm_serve_greedy_matches_hf_adapter(vllm_server, tiny_llama, monkeypat
     pytest.importorskip("torch")
     from harness.adapters.hf import HFAdapter
     from harness.adapters.openai import OpenAIAdapter
-    from harness.models import ModelSpec
+    from harness.core.models import ModelSpec
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     a = OpenAIAdapter(ModelSpec("openai", "tiny", {}, vllm_server), concurrency=4)

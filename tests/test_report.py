@@ -11,11 +11,11 @@ import pytest
 from test_report_synth import MT_SPECS, binary_scores, gsm8k, make_run
 
 from harness.cli import main
-from harness.compare import compare, estimate, load_run
-from harness.errors import UsageError
-from harness.records import MetricSpec
-from harness.report import check_run_format, write_report, write_run_report
-from harness.stats import wilson_interval
+from harness.core.errors import UsageError
+from harness.core.records import MetricSpec
+from harness.core.stats import wilson_interval
+from harness.readout.compare import compare, estimate, load_run
+from harness.readout.report import check_run_format, write_report, write_run_report
 
 BASE = [1] * 60 + [0] * 140
 DROP = [0] * 30 + [1] * 30 + [0] * 140

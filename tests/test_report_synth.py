@@ -1,6 +1,6 @@
 """Synthetic run directories with constructed per-item scores (shared by the report/gate tests).
 
-A run directory is written exactly as harness/runner.py writes one:
+A run directory is written exactly as harness/run/runner.py writes one:
 config.json, <task>.samples.jsonl, summary.json. The scores are chosen by
 the test, so every expected number is known.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import RUN_FORMAT
-from harness.records import MetricSpec, sha256_json
+from harness.core.records import MetricSpec, sha256_json
 
 GSM8K_SPECS = (MetricSpec("strict", "strict", "binary", 100.0, primary=True),
                MetricSpec("flexible", "flexible", "binary", 100.0))

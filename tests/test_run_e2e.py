@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.journal import read_records
+from harness.core.journal import read_records
 
 pytest.importorskip("torch")
 

@@ -1,4 +1,4 @@
-"""harness/stats.py against references: scipy, hand computation, published values."""
+"""harness/core/stats.py against references: scipy, hand computation, published values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from harness import stats
+from harness.core import stats
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UsageError
-from harness.records import Message
+from harness.core.errors import UsageError
+from harness.core.records import Message
 from harness.train.data import (
     SourceSpec,
     convert,

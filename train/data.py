@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
-from harness.records import Message
+from harness.core.errors import UsageError
+from harness.core.records import Message
 
 FORMATS = ("gsm8k", "alpaca", "sharegpt", "messages")
 SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")

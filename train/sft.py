@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
-from harness.records import Message, sha256_json
+from harness.core.errors import UsageError
+from harness.core.records import Message, sha256_json
 from harness.train.data import Conversation
 from harness.train.strategies import Stage
 
@@ -370,7 +370,7 @@ def train_stages(stages: Sequence[Stage], cfg: TrainConfig, base: BaseModel, roo
 
 
 def train_one(stage: Stage, cfg: TrainConfig, init: str, out: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    from harness.journal import write_json_atomic
+    from harness.core.journal import write_json_atomic
 
     t0 = time.monotonic()
     model, tokenizer = load_model(init, cfg)

@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 from harness.train.data import Conversation, subsample
 
 STRATEGIES = ("single", "multi_task", "sequential", "mixed_sequential", "dmt", "custom")

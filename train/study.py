@@ -12,9 +12,9 @@ training arguments, evaluation suite and judge. The command
    the hash of (base fingerprint, hyperparameters, data of every stage so
    far), so finished ones, and prefixes shared by two strategies, are reused;
 4. evaluates every final checkpoint (every stage with ``every_stage = true``)
-   through ``harness.runner.run``; a finished run (summary.json, same config)
+   through ``harness.run.runner.run``; a finished run (summary.json, same config)
    is skipped, an interrupted one resumes from its journal;
-5. writes the comparison report with plots (``harness.report.write_report``).
+5. writes the comparison report with plots (``harness.readout.report.write_report``).
 
 Rerunning a finished study trains and evaluates nothing. Multi-GPU training
 runs the same file under a launcher, then ``harness study`` evaluates::
@@ -39,7 +39,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 from harness.train.data import FORMATS, Conversation, SourceSpec
 from harness.train.strategies import PAPER_ORDER, STRATEGIES, Stage
 
@@ -313,7 +313,7 @@ def print_plan(points: list[GridPoint]) -> None:
 
 
 def resolve_base(study: Study) -> Any:
-    from harness.models import EMBEDDED_ALIASES, ModelSpec, check_model_target, fingerprint_checkpoint
+    from harness.core.models import EMBEDDED_ALIASES, ModelSpec, check_model_target, fingerprint_checkpoint
     from harness.train.sft import BaseModel
 
     target = study.base_model
@@ -346,8 +346,8 @@ def train_all(study: Study, points: list[GridPoint], base: Any) -> dict[str, lis
 
 
 def run_config(study: Study, target: str, meta: dict[str, Any]) -> Any:
-    from harness.models import ModelSpec, parse_model_spec
-    from harness.runner import JudgeOptions, RunConfig, TaskOptions
+    from harness.core.models import ModelSpec, parse_model_spec
+    from harness.run.runner import JudgeOptions, RunConfig, TaskOptions
 
     e = study.eval
     judge = JudgeOptions(spec=parse_model_spec(e.judge, e.judge_args, e.judge_base_url, flag="[eval] judge")
@@ -359,7 +359,7 @@ def run_config(study: Study, target: str, meta: dict[str, Any]) -> Any:
 
 def finished(cfg: Any) -> Path | None:
     """The run directory when a finished run with this exact configuration exists."""
-    from harness.runner import default_run_id
+    from harness.run.runner import default_run_id
 
     run_dir = cfg.out / default_run_id(cfg)
     try:
@@ -391,7 +391,7 @@ def evaluations(study: Study, points: list[GridPoint], ckpts: dict[str, list[Any
 
 
 def evaluate_all(cfgs: list[Any]) -> tuple[list[Path], int]:
-    from harness.runner import run
+    from harness.run.runner import run
 
     run_dirs, ran = [], 0
     for cfg in cfgs:
@@ -407,9 +407,9 @@ def evaluate_all(cfgs: list[Any]) -> tuple[list[Path], int]:
 
 def write_study_report(study: Study, run_dirs: list[Path]) -> str:
     try:
-        from harness.report import write_report
+        from harness.readout.report import write_report
     except ImportError:
-        raise UsageError("harness.report.write_report is not available in this install; the evaluations are "
+        raise UsageError("harness.readout.report.write_report is not available in this install; the evaluations are "
                          f"finished under {study.out / 'runs'}; rerun `harness study` once it is") from None
     r = study.report
     return write_report(run_dirs, study.out / "report", baseline=Path(r["baseline"]) if r["baseline"] else None,
@@ -447,7 +447,7 @@ def run_study(study: Study, dry_run: bool = False, train_only: bool = False) -> 
 
 
 def _write_index(study: Study, points: list[GridPoint], ckpts: dict[str, list[Any]], run_dirs: list[Path]) -> None:
-    from harness.journal import write_json_atomic
+    from harness.core.journal import write_json_atomic
 
     write_json_atomic(study.out / "study.json", {
         "name": study.name, "base_model": study.base_model, "train": asdict(study.train),
@@ -466,7 +466,7 @@ def main_study(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m harness.train.study STUDY.toml --train-only``: the entry point for torchrun/accelerate."""
-    from harness.errors import EngineError
+    from harness.core.errors import EngineError
 
     p = argparse.ArgumentParser(prog="python -m harness.train.study")
     p.add_argument("study_file")

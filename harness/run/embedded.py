@@ -22,8 +22,8 @@ import shutil
 import time
 from pathlib import Path
 
-from harness.errors import UsageError
-from harness.models import _cache_dir
+from harness.core.errors import UsageError
+from harness.core.models import _cache_dir
 
 log = logging.getLogger("harness")
 

@@ -581,7 +581,7 @@ def _read_reply(fd: int, deadline: float) -> dict[str, Any] | None:
 
 
 def _verdict(reply: dict[str, Any], nonce: str) -> Verdict:
-    from harness.env import scrub
+    from harness.core.env import scrub
 
     lines = reply["result"].splitlines()
     output = scrub(reply["output"])[:2000]
@@ -622,7 +622,7 @@ def _resolve_isolation(requested: str, limits: Limits) -> tuple[Isolation, str |
     if reason is None:
         return "bubblewrap", None
     if requested == "bubblewrap":
-        from harness.errors import UsageError
+        from harness.core.errors import UsageError
         raise UsageError(f"bubblewrap isolation requested but {reason}; install it (apt-get install -y bubblewrap)")
     return "rlimits-only", reason
 

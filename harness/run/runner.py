@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import RUN_FORMAT, __version__
-from harness.errors import EngineError, UsageError
-from harness.journal import Journal, write_json_atomic, write_jsonl_atomic
-from harness.models import ModelSpec, check_model_target, parse_model_spec
-from harness.records import Adapter, Completion, Example, Request, Result, Task, sha256_json
+from harness.core.errors import EngineError, UsageError
+from harness.core.journal import Journal, write_json_atomic, write_jsonl_atomic
+from harness.core.models import ModelSpec, check_model_target, parse_model_spec
+from harness.core.records import Adapter, Completion, Example, Request, Result, Task, sha256_json
 
 log = logging.getLogger("harness")
 
@@ -109,7 +109,7 @@ def main_run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     run_dir = run(cfg)
     if cfg.baseline:
-        from harness.gate import gate_runs
+        from harness.readout.gate import gate_runs
         try:
             code = gate_runs(run_dir, Path(cfg.baseline), cfg.max_drop, cfg.alpha)
         except UsageError as exc:
@@ -136,7 +136,7 @@ def run(cfg: RunConfig) -> Path:
     tasks = [build_task(name, cfg.task_options) for name in cfg.suites]
     examples = {t.name: t.load(cfg.task_options.limit) for t in tasks}  # bad data fails here, before the model
     if cfg.baseline:
-        from harness.gate import preflight as preflight_baseline
+        from harness.readout.gate import preflight as preflight_baseline
         preflight_baseline(Path(cfg.baseline), {t.name: (t.version, [ex.id for ex in examples[t.name]])
                                                 for t in tasks})
     run_dir = _prepare_run_dir(cfg)
@@ -171,7 +171,7 @@ def run(cfg: RunConfig) -> Path:
     config["wall_seconds"] = round(time.monotonic() - t0, 3)
     write_json_atomic(run_dir / "config.json", config)
     write_json_atomic(run_dir / "summary.json", summary)
-    from harness.report import write_run_report
+    from harness.readout.report import write_run_report
     print(write_run_report(run_dir))
     log.info("done: %s (%.1f s)", run_dir, time.monotonic() - t0)
     return run_dir
@@ -391,7 +391,7 @@ def _prepare_run_dir(cfg: RunConfig) -> Path:
         raise UsageError(f"--out {str(cfg.out)!r} is not writable ({exc.strerror}); choose another directory") from None
     existing = run_dir / "config.json"
     if existing.exists() and not cfg.fresh:
-        from harness.report import check_run_format
+        from harness.readout.report import check_run_format
         check_run_format(run_dir)
         log.info("resuming %s: journaled work is reused", run_dir)
     if cfg.fresh:
@@ -402,7 +402,7 @@ def _prepare_run_dir(cfg: RunConfig) -> Path:
 
 def _config_record(cfg: RunConfig, run_dir: Path, adapter: Adapter, tasks: list[Task],
                    judge_spec: ModelSpec | None) -> dict[str, Any]:
-    from harness.env import environment_record, redact
+    from harness.core.env import environment_record, redact
 
     desc = adapter.describe()
     return {

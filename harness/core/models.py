@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UsageError
+from harness.core.errors import UsageError
 
 KINDS = ("hf", "vllm", "openai")
 EMBEDDED_ALIASES = ("smollm2-135m-instruct",)

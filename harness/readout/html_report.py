@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.report import Report
+    from harness.readout.report import Report
 
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em; color: #222; }
@@ -30,7 +30,7 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 
 
 def to_html(report: Report, out: Path) -> str:
-    from harness.report import comparison_rows, header, legend
+    from harness.readout.report import comparison_rows, header, legend
 
     level = round(100 * (1 - report.alpha))
     parts = ["<!doctype html>", "<html><head><meta charset='utf-8'><title>Evaluation report</title>",
@@ -50,7 +50,7 @@ def to_html(report: Report, out: Path) -> str:
 
 
 def _run_row(report: Report, run: Any) -> list[tuple[str, str]]:
-    from harness.report import find_row, metric_columns, run_cells
+    from harness.readout.report import find_row, metric_columns, run_cells
 
     texts = run_cells(report, run)
     n_meta = len(texts) - len(metric_columns(report)) - len({t for t, _ in metric_columns(report)})

@@ -1,6 +1,6 @@
 """Run directories on disk -> per-metric estimates and paired comparisons.
 
-The report and the CI gate read only a run's files (see harness/runner.py):
+The report and the CI gate read only a run's files (see harness/run/runner.py):
 ``config.json`` (label, model, adapter fingerprint, metadata), ``summary.json``
 (per task: version, n, errors, metrics, metric specs, item-set hash) and
 ``<task>.samples.jsonl`` (one row per item with its ``scores``). Each metric
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import RUN_FORMAT
-from harness.errors import UsageError
-from harness.records import MetricSpec
-from harness.stats import (
+from harness.core.errors import UsageError
+from harness.core.records import MetricSpec
+from harness.core.stats import (
     Z95,
     bootstrap_means,
     bootstrap_p_two_sided,

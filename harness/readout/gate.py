@@ -36,10 +36,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.compare import Run, TaskRun, check_comparable, estimate, is_binary, load_run, paired_values
-from harness.errors import UsageError
-from harness.records import MetricSpec
-from harness.stats import (
+from harness.core.errors import UsageError
+from harness.core.records import MetricSpec
+from harness.core.stats import (
     bootstrap_means,
     bootstrap_p_at_most,
     mcnemar_exact_one_sided,
@@ -48,6 +47,15 @@ from harness.stats import (
     tango_interval,
     tango_lower_bound,
     tango_z,
+)
+from harness.readout.compare import (
+    Run,
+    TaskRun,
+    check_comparable,
+    estimate,
+    is_binary,
+    load_run,
+    paired_values,
 )
 
 DEFAULT_MAX_DROP = {"gsm8k": 1.0, "humaneval": 2.0, "mt_bench": 0.2}
@@ -224,7 +232,7 @@ def preflight(baseline: Path, planned: dict[str, tuple[str, list[str]]]) -> None
     """Before any model loads: refuse a --baseline that evaluated a planned task on other items or another
     task version. ``planned`` maps task name -> (version, item ids), as the runner knows them after loading
     the data; tasks the baseline lacks are left to the gate (reported as not gated)."""
-    from harness.records import sha256_json
+    from harness.core.records import sha256_json
 
     base = load_run(baseline)
     for name, (version, ids) in planned.items():

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.report import Report
+    from harness.readout.report import Report
 
 log = logging.getLogger("harness")
 DPI = 110
@@ -53,7 +53,7 @@ def write_plots(report: Report, out: Path) -> list[str]:
 
 
 def _series(report: Report, task: str, metric: str) -> list[tuple[Any, dict[str, Any] | None]]:
-    from harness.report import find_row
+    from harness.readout.report import find_row
     return [(run, find_row(report, run, task, metric)) for run in report.runs]
 
 
@@ -71,7 +71,7 @@ def _yerr(rows: list[dict[str, Any] | None]) -> list[list[float]]:
 
 
 def _bars(report: Report, plt: Any) -> Any:
-    from harness.report import find_row, metric_columns, task_names
+    from harness.readout.report import find_row, metric_columns, task_names
 
     tasks = task_names(report)
     metrics = {t: [m for tt, m in metric_columns(report) if tt == t] for t in tasks}
@@ -125,7 +125,7 @@ def _num(v: Any) -> float | None:
 
 
 def _composition(report: Report, plt: Any, param: str) -> Any:
-    from harness.report import task_names
+    from harness.readout.report import task_names
 
     values = [v for r in report.runs if (v := _num(r.metadata.get(param))) is not None]
     positive = [v for v in values if v > 0] or [1.0]
@@ -172,7 +172,7 @@ def _composition_panel(ax: Any, report: Report, task: str, param: str, zero_at: 
 
 
 def _abilities(report: Report, plt: Any) -> Any:
-    from harness.report import metric_columns
+    from harness.readout.report import metric_columns
 
     cols = metric_columns(report)
     primary = [(t, m) for t, m in cols if any(t in r.tasks and r.tasks[t].specs[0].name == m for r in report.runs)]

@@ -6,11 +6,11 @@ as ``value [95% CI]``, and per task the item count, errors and coverage
 counts the task reported (judged/total, timeouts, sandbox violations...).
 With ``--baseline``, each cell also shows ``new - baseline`` on the items
 both runs scored and its paired p-value (exact McNemar for 0/1 scores, paired
-bootstrap otherwise; see harness/compare.py), plus a long comparison table.
+bootstrap otherwise; see harness/readout/compare.py), plus a long comparison table.
 
 Markdown is the primary output (PR comments, papers); CSV and JSON carry the
-same rows for machines; HTML adds plots (harness/html_report.py,
-harness/plots.py).
+same rows for machines; HTML adds plots (harness/readout/html_report.py,
+harness/readout/plots.py).
 
     harness report runs/A runs/B --baseline runs/A --format md,html,csv,json --out reports/ab
 """
@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.compare import (
+from harness.core.errors import UsageError
+from harness.core.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from harness.readout.compare import (
     METADATA_KEYS,
     Run,
     TaskRun,
@@ -37,8 +39,6 @@ from harness.compare import (
     estimate,
     load_run,
 )
-from harness.errors import UsageError
-from harness.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 log = logging.getLogger("harness")
 FORMATS = ("md", "csv", "html", "json")
@@ -83,7 +83,7 @@ def write_report(run_dirs: list[Path], out: Path, baseline: Path | None = None, 
     except OSError as exc:
         raise UsageError(f"--out {str(out)!r} cannot be created ({exc.strerror}); choose another directory") from None
     if plots:
-        from harness.plots import write_plots
+        from harness.readout.plots import write_plots
         report = Report(report.runs, report.baseline, alpha, report.rows, tuple(write_plots(report, out)))
     text = to_markdown(report)
     writers = {"md": lambda: text, "csv": lambda: to_csv(report), "json": lambda: to_json(report),
@@ -111,7 +111,7 @@ def main_report(args: argparse.Namespace) -> int:
 
 
 def _html(report: Report, out: Path) -> str:
-    from harness.html_report import to_html
+    from harness.readout.html_report import to_html
     return to_html(report, out)
 
 

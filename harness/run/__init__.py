@@ -1,0 +1,1 @@
+"""Run layer: the runner (plan -> generate -> score -> summarize -> report) and the embedded model."""
