@@ -11,7 +11,11 @@ turns. Scoring reports both extractors, as lm-evaluation-harness does:
 
 * strict: the official format ``#### N`` (the grader's ``ANS_RE``, first match);
 * flexible: the last number in the completion (lm-eval's
-  ``(-?[$0-9.,]{2,})|(-?[0-9]+)``, last match).
+  ``(-?[$0-9.,]{2,})|(-?[0-9]+)``, last match that holds a digit: lm-eval
+  also takes digit-less matches such as ``$$`` or ``...``, see docs/fidelity.md).
+
+A custom ``--gsm8k-data`` file whose answer yields no number is refused at load
+with its file and line, rather than scored 0 against an empty gold.
 
 Both normalise like the official grader and lm-eval's ``regexes_to_ignore``:
 strip commas, ``$`` and a trailing period, then compare numerically so
@@ -27,7 +31,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -66,15 +70,30 @@ def extract_strict(completion: str) -> str | None:
 
 
 def extract_flexible(completion: str) -> str | None:
-    matches = FLEXIBLE_RE.findall(completion)
-    if not matches:
-        return None
-    last = matches[-1]
-    return (last[0] or last[1]).strip()
+    """The last match of lm-eval's flexible regex that holds a digit.
+
+    lm-eval takes the last match even when it has no digit (``'so $$\\boxed{18}$$'``
+    -> ``'$$'``, ``'#### 18\\n\\nThat is all...'`` -> ``'...'``) and then scores 0;
+    such a match can never equal a number, so we skip it and take the last
+    number instead (docs/fidelity.md).
+    """
+    for alt, digits in reversed(FLEXIBLE_RE.findall(completion)):
+        match = alt or digits
+        if any(ch.isdigit() for ch in match):
+            return match.strip()
+    return None
 
 
 def gold_answer(answer: str) -> str:
+    """The normalised number after the last ``####`` (or the whole answer); "" when there is none."""
     return normalize_number(answer.split("####")[-1]) or ""
+
+
+def _check_gold(row: dict[str, Any]) -> str | None:
+    if gold_answer(str(row["answer"])):
+        return None
+    return (f"answer {str(row['answer'])[-40:]!r} has no numeric gold answer; end each answer with "
+            "'#### <number>' (as GSM8K does) or give the number alone")
 
 
 def strip_calculator(answer: str) -> str:
@@ -82,8 +101,9 @@ def strip_calculator(answer: str) -> str:
     return _CALC_RE.sub("", answer)
 
 
-def read_jsonl(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows of a jsonl(.gz) file; a malformed line fails with its number."""
+def read_jsonl(path: Path, required: Sequence[str],
+               check: Callable[[dict[str, Any]], str | None] | None = None) -> list[dict[str, Any]]:
+    """Rows of a jsonl(.gz) file; a malformed line, or one ``check`` objects to, fails with its number."""
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     try:
@@ -100,6 +120,8 @@ def read_jsonl(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
                 if missing:
                     raise UsageError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}; expected "
                                      f"fields {', '.join(required)}")
+                if check is not None and (problem := check(row)):
+                    raise UsageError(f"{path}:{lineno}: {problem}")
                 rows.append(row)
     except OSError as exc:
         raise UsageError(f"cannot read data file {path} ({exc.strerror or exc}); check the path") from None
@@ -127,7 +149,7 @@ def load_rows(source: str | None, split: str) -> list[dict[str, Any]]:
     if path.exists() or source.endswith((".jsonl", ".jsonl.gz", ".json")):
         if not path.exists():
             raise UsageError(f"--gsm8k-data {source!r} does not exist; pass a jsonl file with question/answer fields")
-        return read_jsonl(path, ("question", "answer"))
+        return read_jsonl(path, ("question", "answer"), check=_check_gold)
     return _load_hub(source, split)
 
 

@@ -113,3 +113,37 @@ def test_local_jsonl_source_and_malformed_line(tmp_path) -> None:
     missing.write_text(json.dumps({"question": "q"}) + "\n")
     with pytest.raises(UsageError, match="missing field"):
         GSM8K(TaskOptions(gsm8k_data=str(missing))).load()
+
+
+# -- where we differ from lm-eval on purpose (docs/fidelity.md) ------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("so $$\\boxed{18}$$", "18"),  # lm-eval's last match is '$$'
+    ("#### 18\n\nThat is all...", "18"),  # lm-eval's last match is '...'
+    ("The answer is 42, ...", "42,"),
+    ("Total: $5, then .. and $$", "$5,"),
+    ("nothing but ... and $$", None),  # no digit anywhere: nothing extracted
+])
+def test_flexible_skips_matches_without_a_digit(text: str, expected: str | None) -> None:
+    assert extract_flexible(text) == expected
+
+
+def test_flexible_digitless_tail_still_scores_the_number() -> None:
+    ex = Example(id="x", data={"gold": "18"})
+    res = score_one(ex, Completion(id="x", texts=("#### 18\n\nThat is all...",)))
+    assert res.scores == {"strict": 1.0, "flexible": 1.0}
+
+
+@pytest.mark.parametrize("answer", ["The answer is unknown.", "#### none", "#### ", "eighteen"])
+def test_custom_file_without_a_numeric_gold_is_refused_with_its_line(tmp_path, answer: str) -> None:
+    path = tmp_path / "custom.jsonl"
+    path.write_text(json.dumps({"question": "q1", "answer": "#### 3"}) + "\n\n"
+                    + json.dumps({"question": "q2", "answer": answer}) + "\n")
+    with pytest.raises(UsageError, match=r"custom\.jsonl:3: .*no numeric gold answer"):
+        GSM8K(TaskOptions(gsm8k_data=str(path))).load()
+
+
+def test_custom_file_gold_from_last_number_without_hashes(tmp_path) -> None:
+    path = tmp_path / "custom.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer": "#### 1,000"}) + "\n")
+    assert GSM8K(TaskOptions(gsm8k_data=str(path))).load()[0].data["gold"] == "1000"
