@@ -184,3 +184,60 @@ def test_accumulation_matches_larger_batch(tiny, sources, tmp_path):
         curves.append([p["loss"] for p in curve])
     assert len(curves[0]) == len(curves[1]) == 4
     assert curves[0] == pytest.approx(curves[1], rel=1e-3)
+
+
+# -- the vicuna_v1.1 template, byte for byte against FastChat -----------------------------------
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                 "helpful, detailed, and polite answers to the user's questions.")
+
+
+def _fastchat_vicuna(system: str, turns: list[str | None]) -> str:
+    """FastChat's ADD_COLON_TWO rendering (conversation.py, vicuna_v1.1: sep=" ", sep2="</s>"),
+    restated from its documented rule: system + sep, then ``ROLE: text`` + seps[i % 2] per
+    message, and a bare ``ROLE:`` for the open assistant turn (``None``)."""
+    seps, roles, out = (" ", "</s>"), ("USER", "ASSISTANT"), system + " "
+    for i, text in enumerate(turns):
+        out += f"{roles[i % 2]}: {text}{seps[i % 2]}" if text is not None else f"{roles[i % 2]}:"
+    return out
+
+
+@pytest.fixture(scope="module")
+def vicuna_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from harness.train.sft import VICUNA
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "<s>": 1, "</s>": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="[UNK]")
+    fast.chat_template = VICUNA
+    return fast
+
+
+@pytest.mark.parametrize("turns", [["hi", "hello"], ["hi", "hello", "how are you?", "I am good."],
+                                   ["hi", "hello", "and then?", None], ["Write a poem.", None]])
+def test_vicuna_template_matches_fastchat_byte_for_byte(vicuna_tokenizer, turns):
+    msgs = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns) if t is not None]
+    text = vicuna_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=turns[-1] is None)
+    # FastChat's prompt has no BOS in the text: its tokenizer adds it; we render it because we encode
+    # without special tokens.
+    assert text == "<s>" + _fastchat_vicuna(VICUNA_SYSTEM, turns)
+    if len(turns) >= 3:
+        assert "hello</s>USER: " in text and "</s> USER" not in text
+
+
+def test_vicuna_template_uses_a_given_system_message(vicuna_tokenizer):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}]
+    text = vicuna_tokenizer.apply_chat_template(msgs, tokenize=False)
+    assert text == "<s>" + _fastchat_vicuna("Be brief.", ["hi", "hello"])
+
+
+def test_vicuna_labels_cover_each_reply_and_its_eos(vicuna_tokenizer):
+    from harness.train.sft import assistant_spans
+
+    msgs = (Message("user", "hi"), Message("assistant", "hello"), Message("user", "how"), Message("assistant", "fine"))
+    text, spans = assistant_spans(vicuna_tokenizer, msgs)
+    assert [text[s:e] for s, e in spans] == [" hello</s>", " fine</s>"]

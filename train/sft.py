@@ -41,13 +41,16 @@ log = logging.getLogger("harness")
 IGNORE = -100
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-# FastChat's vicuna_v1.1 conversation template, the one the paper used for LLaMA.
+# FastChat's vicuna_v1.1 conversation (the paper's template for LLaMA), byte for byte: separator
+# style ADD_COLON_TWO with sep " " and sep2 "</s>", i.e. system + " ", then "USER: text " and
+# "ASSISTANT: text</s>" with nothing between "</s>" and the next "USER:". BOS is rendered because
+# we tokenize without special tokens; FastChat's tokenizer adds it instead.
 VICUNA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
           "{% else %}{{ 'A chat between a curious user and an artificial intelligence assistant. The assistant "
-          "gives helpful, detailed, and polite answers to the user\\'s questions.' }}{% endif %}"
-          "{% for m in messages %}{% if m['role'] == 'user' %}{{ ' USER: ' + m['content'] }}"
-          "{% elif m['role'] == 'assistant' %}{{ ' ASSISTANT: ' + m['content'] + eos_token }}{% endif %}"
-          "{% endfor %}{% if add_generation_prompt %}{{ ' ASSISTANT:' }}{% endif %}")
+          "gives helpful, detailed, and polite answers to the user\\'s questions.' }}{% endif %}{{ ' ' }}"
+          "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'USER: ' + m['content'] + ' ' }}"
+          "{% elif m['role'] == 'assistant' %}{{ 'ASSISTANT: ' + m['content'] + eos_token }}{% endif %}"
+          "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
 TEMPLATES = {"chatml": CHATML, "vicuna": VICUNA}
 
 
