@@ -9,8 +9,10 @@ Prompt modes (``--humaneval-mode``, recorded in config.json):
   standard stop sequences (``\\nclass``, ``\\ndef``, ``\\n#``, ``\\nif``,
   ``\\nprint``), as in human-eval/Codex and lm-evaluation-harness;
 * ``instruct``: one chat message asking for the completed function in a fenced
-  block; the code is extracted and run after the prompt's own imports and
-  helpers, so the original signature and imports are kept (nanochat's shape);
+  block; the code is extracted (the last python block that defines the entry
+  point; fences read line by line, see ``fenced_blocks``) and run after the
+  prompt's own imports and helpers, so the original signature and imports are
+  kept (nanochat's shape);
 * ``auto`` (default): instruct, since SFT checkpoints are chat models.
 
 Scoring runs every program in ``harness.sandbox`` (bubblewrap + rlimits + an
@@ -31,6 +33,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -48,7 +51,10 @@ OPT_IN = ("humaneval executes model-written code and needs an explicit opt-in: a
           "(or set HARNESS_ALLOW_CODE_EXECUTION=1) to run it in the sandbox, or leave it out of the run with "
           "--suite {others}")
 
-_FENCE_RE = re.compile(r"```[ \t]*(?:python|py|Python|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+# A fence is a line of its own: up to 3 spaces of indent (more inside list items is still seen
+# as a fence and dedented), 3+ backticks or tildes, then an optional info string (the language).
+_FENCE_LINE_RE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\s]*)[^`]*$")
+PYTHON_TAGS = frozenset({"", "python", "py", "python3", "py3"})
 _IMPORT_RE = re.compile(r"^\s*(?:import|from)\s+([A-Za-z_][\w]*)", re.M)
 
 
@@ -87,13 +93,62 @@ def truncate_at_stop(text: str, stop: Sequence[str] = STOP) -> str:
     return text[:cut]
 
 
+@dataclass(frozen=True)
+class CodeBlock:
+    lang: str  # the info string's first word, lower case ("" when untagged)
+    code: str  # dedented by the fence's own indent
+    closed: bool
+
+
+def fenced_blocks(text: str) -> list[CodeBlock]:
+    """Markdown fenced blocks, line-anchored as CommonMark reads them.
+
+    A closing fence is a bare run of at least as many of the opening fence's
+    characters; an unterminated final block runs to the end of the reply (the
+    model hit its token limit). Content lines lose up to the fence's indent,
+    so a block inside a list item reads as top-level code.
+    """
+    blocks: list[CodeBlock] = []
+    open_fence: tuple[str, str, str] | None = None  # (fence, indent, lang)
+    body: list[str] = []
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the text's final newline ends a line; it does not start one
+    for line in lines:
+        m = _FENCE_LINE_RE.match(line)
+        if open_fence is None:
+            if m:
+                open_fence, body = (m["fence"], m["indent"], m["info"].lower()), []
+            continue
+        fence, indent, lang = open_fence
+        if m and not m["info"] and m["fence"][0] == fence[0] and len(m["fence"]) >= len(fence) \
+                and line.strip() == m["fence"]:
+            blocks.append(CodeBlock(lang, "".join(f"{ln}\n" for ln in body), True))
+            open_fence = None
+            continue
+        body.append(line[len(indent):] if line.startswith(indent) else line.lstrip(" \t"))
+    if open_fence is not None:
+        blocks.append(CodeBlock(open_fence[2], "".join(f"{ln}\n" for ln in body), False))
+    return blocks
+
+
+def defines(code: str, entry_point: str) -> bool:
+    return re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.M) is not None
+
+
 def extract_code(text: str, entry_point: str) -> str:
-    """The fenced block that defines ``entry_point`` (else the first block, else the text)."""
-    blocks = _FENCE_RE.findall(text)
-    for block in blocks:
-        if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", block, re.M):
-            return block
-    return blocks[0] if blocks else text
+    """The code to run from an instruct reply.
+
+    Among the python (or untagged) fenced blocks: the last one that defines
+    ``entry_point`` (a revised answer comes after the first try; a usage
+    example defines nothing), else the last block; with no such block, the
+    reply itself (a bare-code answer).
+    """
+    blocks = [b.code for b in fenced_blocks(text) if b.lang in PYTHON_TAGS]
+    if not blocks:
+        return text
+    defining = [b for b in blocks if defines(b, entry_point)]
+    return (defining or blocks)[-1]
 
 
 def prompt_preamble(prompt: str, entry_point: str) -> str:
@@ -108,7 +163,7 @@ def build_program(problem: Mapping[str, Any], text: str, mode: str) -> str:
     if mode == "completion":
         return prompt + truncate_at_stop(text)
     code = extract_code(text, entry)
-    if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.M):
+    if defines(code, entry):
         return prompt_preamble(prompt, entry) + "\n" + code
     return prompt + code  # the model answered with a function body only
 
