@@ -13,10 +13,10 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from harness.readout.report import Report
+from harness.readout.compare import Run
+from harness.readout.model import MetricRow, Report, find_row, metric_columns, task_names
+from harness.readout.tables import comparison_header, comparison_rows, header, legend, run_cells
 
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em; color: #222; }
@@ -30,9 +30,6 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 
 
 def to_html(report: Report, out: Path) -> str:
-    from harness.readout.report import comparison_rows, header, legend
-
-    level = round(100 * (1 - report.alpha))
     parts = ["<!doctype html>", "<html><head><meta charset='utf-8'><title>Evaluation report</title>",
              f"<style>{CSS}</style></head><body>", "<h1>Evaluation report</h1>",
              _table(header(report), [_run_row(report, run) for run in report.runs]),
@@ -40,8 +37,7 @@ def to_html(report: Report, out: Path) -> str:
     comp = comparison_rows(report)
     if comp:
         parts += [f"<h2>Compared with baseline <code>{html.escape(report.baseline.label)}</code></h2>",
-                  _table(["run", "metric", "baseline", "run", "Δ", f"{level}% CI of Δ", "test", "p", "paired",
-                          "worse / better", "significant"], [[(c, "") for c in r] for r in comp])]
+                  _table(comparison_header(report), [[(c, "") for c in r] for r in comp])]
     if report.plots:
         parts.append("<h2>Plots</h2>")
         parts += [_img(Path(out) / name) for name in report.plots]
@@ -49,22 +45,19 @@ def to_html(report: Report, out: Path) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _run_row(report: Report, run: Any) -> list[tuple[str, str]]:
-    from harness.readout.report import find_row, metric_columns, run_cells
-
+def _run_row(report: Report, run: Run) -> list[tuple[str, str]]:
     texts = run_cells(report, run)
-    n_meta = len(texts) - len(metric_columns(report)) - len({t for t, _ in metric_columns(report)})
+    n_meta = len(texts) - len(metric_columns(report)) - len(task_names(report))
     classes = [""] * len(texts)
     for j, (task, metric) in enumerate(metric_columns(report)):
-        classes[n_meta + j] = _tint(run, find_row(report, run, task, metric))
+        classes[n_meta + j] = _tint(find_row(report, run, task, metric))
     return list(zip(texts, classes, strict=True))
 
 
-def _tint(run: Any, row: dict[str, Any] | None) -> str:
-    if not row or not row.get("significant"):
+def _tint(row: MetricRow | None) -> str:
+    if row is None or row.vs is None or not row.vs.significant:
         return ""
-    spec = next(s for s in run.tasks[row["task"]].specs if s.name == row["metric"])
-    better = (row["delta"] > 0) == spec.higher_is_better
+    better = (row.vs.delta > 0) == row.higher_is_better
     return "better" if better else "worse"
 
 

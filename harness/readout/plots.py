@@ -21,10 +21,9 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from harness.readout.report import Report
+from harness.readout.model import MetricRow, Report, find_row, metric_columns, primary_metric, task_names
 
 log = logging.getLogger("harness")
 DPI = 110
@@ -52,8 +51,7 @@ def write_plots(report: Report, out: Path) -> list[str]:
     return written
 
 
-def _series(report: Report, task: str, metric: str) -> list[tuple[Any, dict[str, Any] | None]]:
-    from harness.readout.report import find_row
+def _series(report: Report, task: str, metric: str) -> list[tuple[Any, MetricRow | None]]:
     return [(run, find_row(report, run, task, metric)) for run in report.runs]
 
 
@@ -64,15 +62,13 @@ def _unit(report: Report, task: str) -> str:
     return ""
 
 
-def _yerr(rows: list[dict[str, Any] | None]) -> list[list[float]]:
-    lo = [max(0.0, r["value"] - r["ci_low"]) if r and math.isfinite(r["ci_low"]) else 0.0 for r in rows]
-    hi = [max(0.0, r["ci_high"] - r["value"]) if r and math.isfinite(r["ci_high"]) else 0.0 for r in rows]
+def _yerr(rows: list[MetricRow | None]) -> list[list[float]]:
+    lo = [max(0.0, r.value - r.ci_low) if r and math.isfinite(r.ci_low) else 0.0 for r in rows]
+    hi = [max(0.0, r.ci_high - r.value) if r and math.isfinite(r.ci_high) else 0.0 for r in rows]
     return [lo, hi]
 
 
 def _bars(report: Report, plt: Any) -> Any:
-    from harness.readout.report import find_row, metric_columns, task_names
-
     tasks = task_names(report)
     metrics = {t: [m for tt, m in metric_columns(report) if tt == t] for t in tasks}
     n_runs = len(report.runs)
@@ -83,7 +79,7 @@ def _bars(report: Report, plt: Any) -> Any:
     for ax, task in zip(axes[0], tasks, strict=True):
         for i, run in enumerate(report.runs):
             rows = [find_row(report, run, task, m) for m in metrics[task]]
-            vals = [r["value"] if r and math.isfinite(r["value"]) else 0.0 for r in rows]
+            vals = [r.value if r and math.isfinite(r.value) else 0.0 for r in rows]
             xs = [j + (i - (n_runs - 1) / 2) * width for j in range(len(rows))]
             ax.bar(xs, vals, width, yerr=_yerr(rows), capsize=3, label=run.label, color=f"C{i % 10}")
         ax.set_xticks(range(len(metrics[task])), metrics[task])
@@ -92,7 +88,7 @@ def _bars(report: Report, plt: Any) -> Any:
         ax.grid(axis="y", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(n_runs, 4), fontsize=8, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(f"Metrics per run with {round(100 * (1 - report.alpha))}% confidence intervals")
+    fig.suptitle(f"Metrics per run with {report.level}% confidence intervals")
     fig.tight_layout(rect=(0, 0.06 + 0.03 * ((n_runs - 1) // 4), 1, 1))
     return fig
 
@@ -125,8 +121,6 @@ def _num(v: Any) -> float | None:
 
 
 def _composition(report: Report, plt: Any, param: str) -> Any:
-    from harness.readout.report import task_names
-
     values = [v for r in report.runs if (v := _num(r.metadata.get(param))) is not None]
     positive = [v for v in values if v > 0] or [1.0]
     zero_at = min(positive) / 4  # where k = 0 is drawn on the log axis
@@ -140,17 +134,16 @@ def _composition(report: Report, plt: Any, param: str) -> Any:
 
 
 def _composition_panel(ax: Any, report: Report, task: str, param: str, zero_at: float) -> None:
-    run0 = next(r for r in report.runs if task in r.tasks)
-    metric = run0.tasks[task].specs[0].name
-    groups: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    metric = primary_metric(report, task)
+    groups: dict[str, list[tuple[float, MetricRow]]] = {}
     for i, (run, row) in enumerate(_series(report, task, metric)):
-        if row is None or not math.isfinite(row["value"]):
+        if row is None or not math.isfinite(row.value):
             continue
         v = _num(run.metadata.get(param))
         if v is None and any(_num(run.metadata.get(p)) is not None for p in COMPOSITION_PARAMS):
             continue  # belongs to the other parameter's plot
         if v is None:  # a reference run (e.g. multi-task) without any composition parameter
-            ax.axhline(row["value"], ls="--", lw=1, color=f"C{(i + 5) % 10}", label=run.label)
+            ax.axhline(row.value, ls="--", lw=1, color=f"C{(i + 5) % 10}", label=run.label)
             continue
         key = " ".join(str(run.metadata[k]) for k in ("strategy", "source", "stage")
                        if run.metadata.get(k) is not None)
@@ -158,7 +151,7 @@ def _composition_panel(ax: Any, report: Report, task: str, param: str, zero_at: 
     for j, (name, pts) in enumerate(sorted(groups.items())):
         pts.sort(key=lambda p: p[0])
         rows = [p[1] for p in pts]
-        ax.errorbar([p[0] for p in pts], [r["value"] for r in rows], yerr=_yerr(rows), marker="o", capsize=3,
+        ax.errorbar([p[0] for p in pts], [r.value for r in rows], yerr=_yerr(rows), marker="o", capsize=3,
                     label=name, color=f"C{j % 10}")
     ax.set_xscale("log")
     ax.axvline(zero_at, color="grey", lw=0.8, ls=":")
@@ -172,14 +165,12 @@ def _composition_panel(ax: Any, report: Report, task: str, param: str, zero_at: 
 
 
 def _abilities(report: Report, plt: Any) -> Any:
-    from harness.readout.report import metric_columns
-
     cols = metric_columns(report)
-    primary = [(t, m) for t, m in cols if any(t in r.tasks and r.tasks[t].specs[0].name == m for r in report.runs)]
+    primary = [(t, m) for t, m in cols if m == primary_metric(report, t)]
     axes_ = primary if len(primary) >= 3 else cols
     rel = {}
     for t, m in axes_:
-        vals = {run.path: (row["value"] if row and math.isfinite(row["value"]) else 0.0)
+        vals = {run.path: (row.value if row and math.isfinite(row.value) else 0.0)
                 for run, row in _series(report, t, m)}
         best = max(vals.values(), default=0.0)
         rel[(t, m)] = {p: (v / best if best > 0 else 0.0) for p, v in vals.items()}

@@ -23,12 +23,11 @@ import io
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import UsageError
-from harness.core.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from harness.readout.compare import (
     METADATA_KEYS,
     Run,
@@ -39,19 +38,19 @@ from harness.readout.compare import (
     estimate,
     load_run,
 )
+from harness.readout.model import Comparison, MetricRow, Report, same_run
+from harness.readout.tables import (
+    comparison_header,
+    comparison_rows,
+    header,
+    legend,
+    md_code,
+    md_table,
+    run_cells,
+)
 
 log = logging.getLogger("harness")
 FORMATS = ("md", "csv", "html", "json")
-_SKIP_EXTRAS = ("n", "scored", "errors")
-
-
-@dataclass(frozen=True)
-class Report:
-    runs: list[Run]
-    baseline: Run | None
-    alpha: float
-    rows: list[dict[str, Any]]  # one per (run, task, metric): the CSV/JSON records
-    plots: tuple[str, ...] = ()  # PNG file names next to the report
 
 
 # -- public API ----------------------------------------------------------------------------------
@@ -84,7 +83,7 @@ def write_report(run_dirs: list[Path], out: Path, baseline: Path | None = None, 
         raise UsageError(f"--out {str(out)!r} cannot be created ({exc.strerror}); choose another directory") from None
     if plots:
         from harness.readout.plots import write_plots
-        report = Report(report.runs, report.baseline, alpha, report.rows, tuple(write_plots(report, out)))
+        report = replace(report, plots=tuple(write_plots(report, out)))
     text = to_markdown(report)
     writers = {"md": lambda: text, "csv": lambda: to_csv(report), "json": lambda: to_json(report),
                "html": lambda: _html(report, out)}
@@ -130,203 +129,59 @@ def _check_alpha(alpha: float) -> None:
 # -- the table model -----------------------------------------------------------------------------
 
 def build_report(runs: list[Run], baseline: Run | None, alpha: float) -> Report:
-    if baseline is not None and not any(_same(r, baseline) for r in runs):
+    if baseline is not None and not any(same_run(r, baseline) for r in runs):
         runs = [baseline, *runs]
     check_comparable(runs)
-    rows = [row for run in runs for row in _rows(run, baseline, alpha)]
-    return Report(runs=runs, baseline=baseline, alpha=alpha, rows=rows)
+    rows = tuple(row for run in runs for row in _rows(run, baseline, alpha))
+    return Report(runs=tuple(runs), baseline=baseline, alpha=alpha, rows=rows)
 
 
-def _same(a: Run, b: Run) -> bool:
-    return a.path.resolve() == b.path.resolve()
-
-
-def _rows(run: Run, baseline: Run | None, alpha: float) -> list[dict[str, Any]]:
+def _rows(run: Run, baseline: Run | None, alpha: float) -> list[MetricRow]:
     rows = []
+    metadata = tuple((k, run.metadata.get(k)) for k in METADATA_KEYS)
     for task in run.tasks.values():
-        base_task = baseline.tasks.get(task.name) if baseline is not None and not _same(baseline, run) else None
+        base_task = baseline.tasks.get(task.name) if baseline is not None and not same_run(run, baseline) else None
         for spec in task.specs:
             est = estimate(task, spec, alpha)
-            row = {"run_dir": str(run.path), "run_id": run.run_id, "label": run.label, "model": run.model, "checkpoint": run.checkpoint,
-                   **{k: run.metadata.get(k) for k in METADATA_KEYS}, "task": task.name,
-                   "task_version": task.version, "metric": spec.name, "primary": spec.primary, "kind": spec.kind,
-                   "interval": est.method, "value": est.value, "ci_low": est.low, "ci_high": est.high,
-                   "scored": est.n, "items": task.n, "errors": task.errors}
-            if base_task is not None:
-                p = compare(task, base_task, spec, alpha)
-                row |= {"baseline": baseline.label, "delta": p.delta, "delta_ci_low": p.low,
-                        "delta_ci_high": p.high, "p_value": p.p, "test": p.test, "paired": p.n,
-                        "worse": p.worse, "better": p.better, "significant": bool(p.p < alpha)}
-            rows.append(row)
+            vs = _comparison(task, base_task, spec, baseline.label, alpha) if base_task is not None else None
+            rows.append(MetricRow(
+                run_dir=str(run.path), run_id=run.run_id, label=run.label, model=run.model,
+                checkpoint=run.checkpoint, metadata=metadata, task=task.name, task_version=task.version,
+                metric=spec.name, primary=spec.primary, kind=spec.kind, interval=est.method, value=est.value,
+                ci_low=est.low, ci_high=est.high, scored=est.n, items=task.n, errors=task.errors,
+                scale=spec.scale, higher_is_better=spec.higher_is_better, vs=vs))
     return rows
 
 
-def metric_columns(report: Report) -> list[tuple[str, str]]:
-    """(task, metric) pairs in first-seen order: tasks as the runs list them, primary metric first."""
-    cols: dict[tuple[str, str], None] = {}
-    for row in report.rows:
-        cols[(row["task"], row["metric"])] = None
-    return list(cols)
-
-
-def task_names(report: Report) -> list[str]:
-    return list(dict.fromkeys(task for task, _ in metric_columns(report)))
-
-
-def metadata_columns(report: Report) -> list[str]:
-    return [k for k in METADATA_KEYS if any(r.metadata.get(k) is not None for r in report.runs)]
-
-
-def find_row(report: Report, run: Run, task: str, metric: str) -> dict[str, Any] | None:
-    return next((r for r in report.rows if r["run_dir"] == str(run.path) and r["task"] == task
-                 and r["metric"] == metric), None)
-
-
-def task_counts(task: TaskRun) -> str:
-    """Items, errors and the count-like metrics a task reported (coverage, timeouts, violations...)."""
-    parts = [f"{task.n} items", f"{task.errors} errors"]
-    m = task.metrics
-    shown = set(_SKIP_EXTRAS) | {s.name for s in task.specs} | {s.key for s in task.specs}
-    if m.get("judge_comparable_to_gpt4") == 0:
-        parts.append("judge is not GPT-4: not comparable to published MT-Bench")
-    shown.add("judge_comparable_to_gpt4")
-    for name, value in m.items():
-        if name in shown or name.endswith("_stderr") or "/" in name or not _number(value):
-            continue
-        stem = name.removesuffix("_judged")
-        if name.endswith("_judged") and _number(m.get(f"{stem}_total")):
-            parts.append(f"{stem} judged {_count(value)}/{_count(m[f'{stem}_total'])}")
-            shown |= {f"{stem}_total", f"{stem}_coverage"}
-        elif float(value).is_integer() or "coverage" in name:
-            parts.append(f"{name} {_count(value)}")
-    return " · ".join(parts)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _count(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.3g}"
+def _comparison(task: TaskRun, base_task: TaskRun, spec: Any, baseline_label: str, alpha: float) -> Comparison:
+    p = compare(task, base_task, spec, alpha)
+    return Comparison(baseline=baseline_label, delta=p.delta, delta_ci_low=p.low, delta_ci_high=p.high,
+                      p_value=p.p, test=p.test, paired=p.n, worse=p.worse, better=p.better,
+                      significant=bool(p.p < alpha))
 
 
 # -- formatting ----------------------------------------------------------------------------------
 
-def fmt_value(v: float | None, scale_hint: float) -> str:
-    if v is None or not math.isfinite(v):
-        return "–"
-    text = f"{v:.1f}" if scale_hint >= 10 else f"{v:.2f}"
-    return text.removeprefix("-") if float(text) == 0 else text  # no "-0.0"
-
-
-def fmt_p(p: float) -> str:
-    if not math.isfinite(p):
-        return "–"
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.1 else f"p={p:.2f}"
-
-
-def _scale(report: Report, task: str, metric: str) -> float:
-    for run in report.runs:
-        t = run.tasks.get(task)
-        for s in t.specs if t else ():
-            if s.name == metric:
-                return s.scale
-    return 1.0
-
-
-def cell(report: Report, row: dict[str, Any] | None, with_delta: bool = True) -> str:
-    if row is None:
-        return "–"
-    s = _scale(report, row["task"], row["metric"])
-    text = f"{fmt_value(row['value'], s)} [{fmt_value(row['ci_low'], s)}, {fmt_value(row['ci_high'], s)}]"
-    if with_delta and "delta" in row:
-        star = "*" if row["significant"] else ""
-        text += f" Δ {_signed(row['delta'], s)}{star} ({fmt_p(row['p_value'])})"
-    return text
-
-
-def _signed(v: float, s: float) -> str:
-    return "–" if not math.isfinite(v) else ("+" if v >= 0 else "−") + fmt_value(abs(v), s)
-
-
-def run_cells(report: Report, run: Run) -> list[str]:
-    out = [run.label + (" (baseline)" if report.baseline and _same(run, report.baseline) else ""),
-           run.model, run.checkpoint or "–"]
-    out += [_meta(run.metadata.get(k)) for k in metadata_columns(report)]
-    for task, metric in metric_columns(report):
-        out.append(cell(report, find_row(report, run, task, metric)))
-    for task in task_names(report):
-        out.append(task_counts(run.tasks[task]) if task in run.tasks else "–")
-    return out
-
-
-def header(report: Report) -> list[str]:
-    return (["run", "model", "checkpoint", *metadata_columns(report)]
-            + [f"{t} {m}" for t, m in metric_columns(report)] + [f"{t} items" for t in task_names(report)])
-
-
-def _meta(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "–" if v is None else str(v)
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    esc = [[c.replace("|", "\\|") for c in r] for r in [head, *rows]]
-    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc[1:]])
-
-
-def comparison_rows(report: Report) -> list[list[str]]:
-    out = []
-    for row in report.rows:
-        if "delta" not in row:
-            continue
-        s = _scale(report, row["task"], row["metric"])
-        disc = f"{row['worse']} / {row['better']}" if row["worse"] is not None else "–"
-        base = find_row(report, report.baseline, row["task"], row["metric"]) if report.baseline else None
-        out.append([row["label"], f"{row['task']} {row['metric']}", fmt_value(base["value"] if base else None, s),
-                    fmt_value(row["value"], s), _signed(row["delta"], s),
-                    f"[{_signed(row['delta_ci_low'], s)}, {_signed(row['delta_ci_high'], s)}]",
-                    row["test"], fmt_p(row["p_value"]), str(row["paired"]), disc,
-                    "yes" if row["significant"] else "no"])
-    return out
-
-
 def to_markdown(report: Report) -> str:
-    level = round(100 * (1 - report.alpha))
     parts = ["# Evaluation report", "",
-             _md_table(header(report), [run_cells(report, r) for r in report.runs]), "", legend(report)]
+             md_table(header(report), [run_cells(report, r) for r in report.runs]), "", legend(report)]
     comp = comparison_rows(report)
     if comp:
-        parts += ["", f"## Compared with baseline `{report.baseline.label}`", "",
-                  _md_table(["run", "metric", "baseline", "run", "Δ", f"{level}% CI of Δ", "test", "p", "paired",
-                             "worse / better", "significant"], comp)]
+        parts += ["", f"## Compared with baseline {md_code(report.baseline.label)}", "",
+                  md_table(comparison_header(report), comp)]
     if report.plots:
         parts += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report.plots]
     return "\n".join(parts) + "\n"
 
 
-def legend(report: Report) -> str:
-    level = round(100 * (1 - report.alpha))
-    text = (f"Cells: value [{level}% CI] in reported units (accuracy in %, MT-Bench 1-10); Wilson interval for "
-            "per-item 0/1 scores, normal interval otherwise. Items: count, errors (not scored, never counted as "
-            "a score) and the task's own coverage counts.")
-    if report.baseline is not None:
-        text += (f" Δ = run − baseline `{report.baseline.label}` on items both runs scored, matched by id; "
-                 f"p: exact McNemar test (0/1 scores) or paired bootstrap ({BOOTSTRAP_RESAMPLES:,} resamples, "
-                 f"seed {BOOTSTRAP_SEED}; continuous scores), two-sided; * p < {report.alpha}. "
-                 "Worse / better: items right in the baseline and wrong in the run, and the reverse.")
-    return text
-
-
 def to_csv(report: Report) -> str:
-    keys = list(dict.fromkeys(k for row in report.rows for k in row))
+    records = [row.record() for row in report.rows]
+    keys = list(dict.fromkeys(k for rec in records for k in rec))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     writer.writeheader()
-    for row in report.rows:
-        writer.writerow({k: _csv_value(row.get(k)) for k in keys})
+    for rec in records:
+        writer.writerow({k: _csv_value(rec.get(k)) for k in keys})
     return buf.getvalue()
 
 
@@ -347,6 +202,6 @@ def to_json(report: Report) -> str:
                                         "item_ids_sha256": t.item_ids_sha256,
                                         "metrics": {k: clean(v) for k, v in t.metrics.items()}}
                                for t in r.tasks.values()}} for r in report.runs],
-           "rows": [{k: clean(v) for k, v in row.items()} for row in report.rows],
+           "rows": [{k: clean(v) for k, v in row.record().items()} for row in report.rows],
            "plots": list(report.plots)}
     return json.dumps(doc, indent=2, default=str) + "\n"

@@ -1,0 +1,130 @@
+"""The report model: frozen row records that every renderer reads.
+
+One ``MetricRow`` per run x task x metric holds the estimate in reported units
+and, when a baseline was given, its paired ``Comparison``. The markdown, CSV,
+JSON and HTML renderers, the plots and ``load_runs`` (pandas frames for
+notebooks) all read these records, so none of them imports another and no
+renderer looks a number up by a string key.
+
+``MetricRow.record()`` is the flat form written to CSV/JSON and turned into a
+DataFrame row: its keys and their order are the report's file format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from harness.readout.compare import METADATA_KEYS, Run
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``run - baseline`` on the items both runs scored (see compare.compare)."""
+
+    baseline: str  # the baseline's label
+    delta: float
+    delta_ci_low: float
+    delta_ci_high: float
+    p_value: float
+    test: str
+    paired: int
+    worse: int | None
+    better: int | None
+    significant: bool
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One metric of one task in one run, in reported units (accuracy in %, MT-Bench 1-10)."""
+
+    run_dir: str
+    run_id: str
+    label: str
+    model: str
+    checkpoint: str
+    metadata: tuple[tuple[str, Any], ...]  # METADATA_KEYS in order, None where the run lacks one
+    task: str
+    task_version: str
+    metric: str
+    primary: bool
+    kind: str
+    interval: str  # "wilson" | "normal" | "none"
+    value: float
+    ci_low: float
+    ci_high: float
+    scored: int  # items that carry this score
+    items: int  # items of the task, errored ones included
+    errors: int
+    scale: float  # reported units per score unit: 100 for accuracies, 1 for ratings
+    higher_is_better: bool = True
+    vs: Comparison | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The flat CSV/JSON/DataFrame row; without a baseline the comparison keys are absent."""
+        out = {"run_dir": self.run_dir, "run_id": self.run_id, "label": self.label, "model": self.model,
+               "checkpoint": self.checkpoint, **dict(self.metadata), "task": self.task,
+               "task_version": self.task_version, "metric": self.metric, "primary": self.primary,
+               "kind": self.kind, "interval": self.interval, "value": self.value, "ci_low": self.ci_low,
+               "ci_high": self.ci_high, "scored": self.scored, "items": self.items, "errors": self.errors}
+        if self.vs is not None:
+            v = self.vs
+            out |= {"baseline": v.baseline, "delta": v.delta, "delta_ci_low": v.delta_ci_low,
+                    "delta_ci_high": v.delta_ci_high, "p_value": v.p_value, "test": v.test, "paired": v.paired,
+                    "worse": v.worse, "better": v.better, "significant": v.significant}
+        return out
+
+
+@dataclass(frozen=True)
+class Report:
+    runs: tuple[Run, ...]
+    baseline: Run | None
+    alpha: float
+    rows: tuple[MetricRow, ...]
+    plots: tuple[str, ...] = ()  # PNG file names next to the report
+
+    @property
+    def level(self) -> int:
+        """The interval level in percent: 95 for alpha 0.05."""
+        return round(100 * (1 - self.alpha))
+
+
+def same_run(a: Run, b: Run | None) -> bool:
+    return b is not None and a.path.resolve() == b.path.resolve()
+
+
+def is_baseline(report: Report, run: Run) -> bool:
+    return same_run(run, report.baseline)
+
+
+def metric_columns(report: Report) -> list[tuple[str, str]]:
+    """(task, metric) pairs in first-seen order: tasks as the runs list them, primary metric first."""
+    return list(dict.fromkeys((row.task, row.metric) for row in report.rows))
+
+
+def task_names(report: Report) -> list[str]:
+    return list(dict.fromkeys(task for task, _ in metric_columns(report)))
+
+
+def metadata_columns(report: Report) -> list[str]:
+    """The metadata keys (strategy, k, ...) that at least one run carries."""
+    return [k for k in METADATA_KEYS if any(r.metadata.get(k) is not None for r in report.runs)]
+
+
+def find_row(report: Report, run: Run, task: str, metric: str) -> MetricRow | None:
+    path = str(run.path)
+    return next((r for r in report.rows if r.run_dir == path and r.task == task and r.metric == metric), None)
+
+
+def primary_metric(report: Report, task: str) -> str | None:
+    """The task's first metric: rows list each task's primary metric first (compare.load_run sorts specs)."""
+    return next((r.metric for r in report.rows if r.task == task), None)
+
+
+def scale_of(report: Report, task: str, metric: str) -> float:
+    return next((r.scale for r in report.rows if r.task == task and r.metric == metric), 1.0)
+
+
+def finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
