@@ -22,25 +22,32 @@ named by ``--model-args api_key_env=VAR``) and never appear in ``describe()``,
 errors or logs. Options (``--model-args``): ``timeout`` (s per request, 120),
 ``max_retries`` (4), ``backoff`` (first retry delay in s, 0.5), ``max_backoff``
 (30), ``api_key_env``, ``check_model`` (true: the health check requires the
-model to be listed by ``/models`` when the server lists any).
+model to be listed by ``/models`` when the server lists any), ``max_stop`` (4:
+OpenAI's API refuses more stop strings; the first ``max_stop`` are sent and
+the rest are cut from the reply here, which gives the same text).
+
+A base URL may carry ``user:password@`` (sent as HTTP Basic auth when no API
+key is set) and a query string (``?api-version=...``, sent with every
+request); both are redacted wherever the URL is recorded or printed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import random
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from harness.core.env import scrub
 from harness.core.errors import EngineError, UsageError
-from harness.core.models import ModelSpec
+from harness.core.models import ModelSpec, check_base_url
 from harness.core.records import Completion, OnResult, Request
 
 log = logging.getLogger("harness")
@@ -63,6 +70,7 @@ class ClientOptions:
     max_backoff: float = 30.0
     api_key_env: str | None = None
     check_model: bool = True
+    max_stop: int = 4  # stop strings the endpoint accepts (OpenAI: 4); the rest are cut here
 
     @classmethod
     def from_args(cls, args: dict[str, Any], flag: str = "--model-args") -> ClientOptions:
@@ -84,47 +92,76 @@ class ClientOptions:
                 and 0 <= opts.backoff <= opts.max_backoff):
             raise UsageError(f"{flag}: need 0 <= backoff <= max_backoff (seconds), got "
                              f"backoff={opts.backoff!r}, max_backoff={opts.max_backoff!r}")
+        if not (isinstance(opts.max_stop, int) and not isinstance(opts.max_stop, bool) and opts.max_stop >= 0):
+            raise UsageError(f"{flag}: max_stop must be an integer >= 0 (stop strings sent to the endpoint), "
+                             f"got {opts.max_stop!r}")
         return opts
 
 
 @dataclass(frozen=True)
 class Endpoint:
+    """Where requests go. ``base_url`` carries neither userinfo nor query: the
+    query goes with every request as ``query`` (the openai client would append
+    paths after it), and ``user:password@`` becomes HTTP Basic auth when no API
+    key is set (with a key, the key's Bearer header wins)."""
+
     base_url: str
     api_key: str
+    query: dict[str, str] = field(default_factory=dict)
+    basic_auth: str | None = None  # "user:password" from the URL
 
     @property
     def display_url(self) -> str:
         return display_url(self.base_url)
 
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"base_url": self.base_url, "api_key": self.api_key}
+        if self.query:
+            kwargs["default_query"] = dict(self.query)
+        if self.basic_auth and self.api_key == NO_KEY:
+            token = base64.b64encode(unquote(self.basic_auth).encode()).decode()
+            kwargs["default_headers"] = {"Authorization": f"Basic {token}"}
+        return kwargs
+
+
+def split_url(url: str) -> tuple[str, dict[str, str], str | None]:
+    """(URL without userinfo and query, query parameters, "user:password" or None)."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    netloc = parts.netloc.rpartition("@")[2]
+    clean = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return clean, dict(parse_qsl(parts.query, keep_blank_values=True)), userinfo if at else None
+
 
 def display_url(url: str) -> str:
     """The URL without user:password@ or query string, safe to record and print."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
 
 
 def resolve_endpoint(spec: ModelSpec, opts: ClientOptions, role: Role = "model") -> Endpoint:
+    flag = "--judge-base-url" if role == "judge" else "--base-url"
     base_url = spec.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
-    if not base_url.startswith(("http://", "https://")):
-        flag = "--judge-base-url" if role == "judge" else "--base-url"
-        raise UsageError(f"{flag} {display_url(base_url)!r} is not an http(s) URL; "
-                         "example: http://127.0.0.1:8000/v1")
+    check_base_url(base_url, flag if spec.base_url else "OPENAI_BASE_URL")
+    clean, query, userinfo = split_url(base_url)
+    return Endpoint(clean, _api_key(spec, opts, role, clean), query, userinfo)
+
+
+def _api_key(spec: ModelSpec, opts: ClientOptions, role: Role, base_url: str) -> str:
     if opts.api_key_env:
         key = os.environ.get(opts.api_key_env)
         if not key:
             raise UsageError(f"api_key_env={opts.api_key_env}: that environment variable is not set; "
                              f"export {opts.api_key_env}=... (keys are read only from the environment)")
-        return Endpoint(base_url, key)
+        return key
     key = os.environ.get("OPENAI_API_KEY")
     if key:
-        return Endpoint(base_url, key)
+        return key
     if display_url(base_url) == OPENAI_URL:
         flag = "--judge-base-url" if role == "judge" else "--base-url"
         raise UsageError(f"{role} openai:{spec.target} uses api.openai.com but OPENAI_API_KEY is not set; "
                          f"export it, or pass {flag} for a local server")
-    return Endpoint(base_url, NO_KEY)
+    return NO_KEY
 
 
 class _ServerGone(Exception):
@@ -152,8 +189,8 @@ class OpenAIAdapter:
         self._openai = openai
         self._warned_timeout = False
         self._loop = asyncio.new_event_loop()
-        self._client = openai.AsyncOpenAI(base_url=self.endpoint.base_url, api_key=self.endpoint.api_key,
-                                          timeout=self.options.timeout, max_retries=0)
+        self._client = openai.AsyncOpenAI(**self.endpoint.client_kwargs(), timeout=self.options.timeout,
+                                          max_retries=0)
 
     def describe(self) -> dict[str, Any]:
         # Generation-relevant identity only: no key, no retry/timeout settings.
@@ -260,8 +297,9 @@ class OpenAIAdapter:
     async def _call(self, req: Request) -> Completion:
         common: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens, "temperature": req.temperature,
                                   "top_p": req.top_p, "n": req.n}
-        if req.stop:
-            common["stop"] = list(req.stop)
+        sent = list(req.stop[:self.options.max_stop])
+        if sent:
+            common["stop"] = sent
         if req.seed is not None:
             common["seed"] = req.seed
         if req.prompt is not None:
@@ -269,7 +307,8 @@ class OpenAIAdapter:
         else:
             messages = [{"role": m.role, "content": m.content} for m in req.messages]
             resp = await self._client.chat.completions.create(messages=messages, **common)
-        return _to_completion(req, resp)
+        comp = _to_completion(req, resp)
+        return cut_at_stops(comp, req.stop[len(sent):]) if len(sent) < len(req.stop) else comp
 
 
 def _quiet_http_logs() -> None:
@@ -299,6 +338,17 @@ def _to_completion(req: Request, resp: Any) -> Completion:
                       prompt_tokens=getattr(usage, "prompt_tokens", None),
                       completion_tokens=getattr(usage, "completion_tokens", None),
                       finish_reasons=tuple(str(getattr(c, "finish_reason", None) or "") for c in choices))
+
+
+def cut_at_stops(comp: Completion, stops: Sequence[str]) -> Completion:
+    """Cut each text at the earliest of ``stops`` (those the endpoint was not sent), as the
+    server would have: what comes before the first stop string does not depend on what follows."""
+    texts, reasons = list(comp.texts), list(comp.finish_reasons or [""] * len(comp.texts))
+    for j, text in enumerate(texts):
+        hits = [i for s in stops if s and (i := text.find(s)) >= 0]
+        if hits:
+            texts[j], reasons[j] = text[:min(hits)], "stop"
+    return replace(comp, texts=tuple(texts), finish_reasons=tuple(reasons))
 
 
 class MalformedReply(Exception):
@@ -354,7 +404,7 @@ def health_check(spec: ModelSpec, role: Role = "judge", timeout: float = HEALTH_
     opts = ClientOptions.from_args(dict(spec.args), flag="--judge-args" if role == "judge" else "--model-args")
     ep = resolve_endpoint(spec, opts, role)
     flag = "--judge-base-url" if role == "judge" else "--base-url"
-    client = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key, timeout=timeout, max_retries=0)
+    client = openai.OpenAI(**ep.client_kwargs(), timeout=timeout, max_retries=0)
     try:
         listed = _list_models(client, ep, role, flag, timeout, tries)
     finally:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 
@@ -45,6 +46,7 @@ class Call:
     content: str  # last user message (chat) or the prompt (completions)
     attempt: int  # 1 for the first request with this content, 2 for its first retry, ...
     authorization: str | None = None
+    query: Mapping[str, str] = field(default_factory=dict)  # the URL's query parameters
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,9 @@ class StubServer:
     """The server; a context manager that starts it on a free port and stops it."""
 
     def __init__(self, behaviour: Behaviour = echo, models: tuple[str, ...] = ("stub",), latency: float = 0.0,
-                 port: int = 0) -> None:
+                 port: int = 0, max_stop: int | None = None) -> None:
         self.behaviour = behaviour
+        self.max_stop = max_stop  # refuse more stop strings than this with a 400, as OpenAI refuses more than 4
         self.models = models
         self.latency = latency  # added to every completion call, before the behaviour's own delay
         self.calls: list[Call] = []
@@ -167,12 +170,13 @@ class StubServer:
 
     # -- called from handler threads -------------------------------------------------------------
 
-    def _record(self, path: str, body: Mapping[str, Any], authorization: str | None) -> Call:
+    def _record(self, path: str, body: Mapping[str, Any], authorization: str | None,
+                query: Mapping[str, str]) -> Call:
         content = _content(path, body)
         with self._lock:
             self.hits[content] += 1
             call = Call(path=path, body=body, content=content, attempt=self.hits[content],
-                        authorization=authorization)
+                        authorization=authorization, query=query)
             self.calls.append(call)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -208,7 +212,7 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
             if stub.dead:
                 self.close_connection = True
                 return
-            if self.path.rstrip("/") == "/v1/models":
+            if urlsplit(self.path).path.rstrip("/") == "/v1/models":
                 data = [{"id": m, "object": "model", "created": 0, "owned_by": "stub"} for m in stub.models]
                 self._send(200, json.dumps({"object": "list", "data": data}).encode())
             else:
@@ -219,7 +223,8 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
             if stub.dead:
                 self.close_connection = True
                 return
-            if self.path not in ENDPOINTS:
+            url = urlsplit(self.path)
+            if url.path not in ENDPOINTS:
                 self._send(404, _error_body(404, f"no route {self.path}"))
                 return
             try:
@@ -227,7 +232,12 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 self._send(400, _error_body(400, "request body is not JSON"))
                 return
-            call = stub._record(self.path, body, self.headers.get("Authorization"))
+            call = stub._record(url.path, body, self.headers.get("Authorization"), dict(parse_qsl(url.query)))
+            refusal = _refusal(stub, body)
+            if refusal is not None:
+                stub._done()
+                self._send(400, _error_body(400, refusal))
+                return
             try:
                 reply = stub.behaviour(call)
                 reply = Reply(text=reply) if isinstance(reply, str) else reply
@@ -252,6 +262,16 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
                 pass  # the client gave up (timeout); nothing to do
 
     return Handler
+
+
+def _refusal(stub: StubServer, body: Mapping[str, Any]) -> str | None:
+    """A 400 the way OpenAI words it, for request shapes this stub is told to refuse."""
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if stub.max_stop is not None and len(stops) > stub.max_stop:
+        return (f"Invalid 'stop': array too long. Expected an array with maximum length {stub.max_stop}, "
+                f"but got an array with length {len(stops)} instead.")
+    return None
 
 
 def _error_body(status: int, message: str) -> bytes:

@@ -291,3 +291,96 @@ def test_base_url_without_v1_or_scheme_is_a_usage_error():
 def test_openai_without_key_or_url_is_a_usage_error():
     with pytest.raises(UsageError, match="OPENAI_API_KEY is not set"):
         health_check(ModelSpec("openai", "gpt-4", {}, None))
+
+
+# -- stop strings beyond what the endpoint accepts (issue 17.10) ---------------------------------
+
+HUMANEVAL_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+
+
+def test_more_stop_strings_than_the_endpoint_accepts_are_cut_locally():
+    # OpenAI refuses more than 4 stop strings with a 400; HumanEval completion mode has 5.
+    text = "    return x\n\n#comment\ndef g():\n    pass"
+    with StubServer(lambda call: Reply(text=text), max_stop=4) as stub:
+        a = adapter(stub)
+        [c] = a.generate([Request(id="p", prompt="def f(x):\n", max_tokens=32, stop=HUMANEVAL_STOPS)])
+        a.close()
+    assert c.error is None, c.error
+    assert stub.calls[0].body["stop"] == list(HUMANEVAL_STOPS[:4])  # what the endpoint accepts
+    assert c.texts == ("    return x\n",)  # the 5th ("\n#") cut here, before the server's "\ndef "
+    assert c.finish_reasons == ("stop",)
+
+
+def test_max_stop_model_arg_raises_the_limit_for_servers_that_accept_more():
+    with StubServer(lambda call: Reply(text="a\n#b")) as stub:
+        a = adapter(stub, max_stop=8)
+        [c] = a.generate([Request(id="p", prompt="x", stop=HUMANEVAL_STOPS)])
+        a.close()
+    assert stub.calls[0].body["stop"] == list(HUMANEVAL_STOPS) and c.texts == ("a",)
+
+
+# -- credentials and query strings in the base URL (issue 12.11) ---------------------------------
+
+PLANTED = "Planted-Secret-7f3a9c"
+
+
+def secret_url(stub: StubServer) -> str:
+    return stub.url.replace("http://", f"http://alice:{PLANTED}pw@") + f"?api-version=2024&token={PLANTED}"
+
+
+def test_query_string_and_userinfo_are_sent_correctly_and_never_shown():
+    with StubServer() as stub:
+        a = OpenAIAdapter(ModelSpec("openai", "stub", dict(FAST), secret_url(stub)))
+        [c, raw] = a.generate([chat(0), Request(id="p", prompt="def f():", max_tokens=4)])
+        desc = json.dumps(a.describe())
+        a.close()
+    assert c.error is None and raw.error is None, (c.error, raw.error)
+    assert {call.path for call in stub.calls} == {"/v1/chat/completions", "/v1/completions"}
+    assert all(call.query == {"api-version": "2024", "token": PLANTED} for call in stub.calls)
+    assert PLANTED not in desc and "alice" not in desc
+
+
+def test_userinfo_becomes_basic_auth_when_no_key_is_set():
+    import base64
+
+    with StubServer() as stub:
+        a = OpenAIAdapter(ModelSpec("openai", "stub", dict(FAST), secret_url(stub)))
+        a.generate([chat(0)])
+        a.close()
+    expected = base64.b64encode(f"alice:{PLANTED}pw".encode()).decode()
+    assert stub.calls[0].authorization == f"Basic {expected}"
+
+
+def test_errors_never_show_the_planted_secret():
+    def leaky(call):  # a server that echoes the URL it was called with
+        return Reply(status=400, text=f"bad request to /v1/chat/completions?token={PLANTED}")
+
+    with StubServer(leaky) as stub:
+        a = OpenAIAdapter(ModelSpec("openai", "stub", dict(FAST), secret_url(stub)))
+        [c] = a.generate([chat(0)])
+        a.close()
+    assert c.error and "HTTP 400" in c.error and PLANTED not in c.error
+    with pytest.raises(UsageError) as err:
+        health_check(ModelSpec("openai", "m", {}, secret_url(stub)), role="model")  # the stub is gone now
+    assert "unreachable" in str(err.value) and PLANTED not in str(err.value) and "alice" not in str(err.value)
+
+
+@pytest.mark.parametrize(("url", "match"), [
+    ("http://127.0.0.1:99999/v1", "port 99999 is out of range"),
+    ("http://127.0.0.1:abc/v1", "port 'abc' is not a number"),
+    ("http://[::1/v1", "unclosed '\\[' in the host"),
+    ("http:///v1", "no host"),
+    ("ftp://127.0.0.1/v1", "not an http"),
+])
+def test_malformed_base_urls_are_usage_errors(url, match):
+    from harness.core.models import parse_model_spec
+
+    with pytest.raises(UsageError, match=f"--base-url .*{match}"):
+        parse_model_spec("openai:m", base_url=url)
+
+
+def test_judge_base_url_with_a_bad_port_names_the_judge_flag():
+    from harness.core.models import parse_model_spec
+
+    with pytest.raises(UsageError, match="--judge-base-url .*port 70000 is out of range"):
+        parse_model_spec("openai:j", base_url="http://127.0.0.1:70000/v1", flag="--judge")

@@ -297,3 +297,41 @@ def test_harness_run_against_vllm_serve(vllm_server, tmp_path):
     d = run_dir(tmp_path)
     summary = json.loads((d / "summary.json").read_text())["tasks"]["gsm8k"]
     assert summary["n"] == 5 and summary["errors"] == 0  # a random model scores ~0, but every item was answered
+
+
+# -- bad and secret-bearing URLs through the CLI (issue 12.11, 12.12) ------------------------------
+
+@pytest.mark.parametrize("flag_url", [
+    ("--base-url", "http://127.0.0.1:99999/v1"), ("--base-url", "http://127.0.0.1:abc/v1"),
+    ("--base-url", "http://[::1/v1"), ("--judge-base-url", "http://127.0.0.1:70000/v1")])
+def test_malformed_urls_exit_2_in_one_line(tmp_path, flag_url):
+    flag, url = flag_url
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SFT_HARNESS_CACHE": str(tmp_path / "cache")}
+    env.pop("OPENAI_API_KEY", None)
+    base = closed_url() if flag == "--judge-base-url" else url
+    cmd = [sys.executable, "-m", "harness", "run", "--model", "openai:m", "--base-url", base, "--suite", "mt_bench",
+           "--judge", "openai:j", "--judge-base-url", url if flag == "--judge-base-url" else closed_url(),
+           "--out", str(tmp_path / "runs")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"harness: error: {flag} "), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_planted_url_secret_is_used_but_never_recorded(tmp_path):
+    planted = "Url-Planted-Secret-5c1d"
+    behaviour, _ = gsm8k_solver()
+    with StubServer(behaviour) as stub:
+        url = stub.url.replace("http://", f"http://bob:{planted}@") + f"?token={planted}"
+        res = harness_run(url, tmp_path, "--label", "secret-check")
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert all(c.query == {"token": planted} for c in stub.calls)
+    d = run_dir(tmp_path)
+    assert metrics(d) == pytest.approx(EXPECTED)
+    assert planted not in d.name and planted not in res.stderr and planted not in res.stdout
+    config = json.loads((d / "config.json").read_text())
+    assert config["model"]["base_url"] == stub.url.replace("http://", "http://<redacted>@") + "?token=<redacted>"
+    for f in d.rglob("*"):
+        if f.is_file():
+            assert planted not in f.read_text(errors="replace"), f"URL secret leaked into {f}"

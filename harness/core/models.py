@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from harness.core.errors import UsageError
 
@@ -94,10 +95,45 @@ def parse_model_spec(text: str, model_args: str | None = None, base_url: str | N
                          f"(e.g. {flag} hf:/path/to/checkpoint)")
     if not target:
         raise UsageError(f"{flag} {text!r} names no model; example: {flag} hf:/path/to/checkpoint")
+    if base_url is not None:
+        check_base_url(base_url, _URL_FLAGS.get(flag, f"{flag}_base_url"))
     if kind == "openai" and not base_url and not os.environ.get("OPENAI_BASE_URL") and not os.environ.get("OPENAI_API_KEY"):
         raise UsageError(f"{flag} {text!r} needs an endpoint: pass --base-url http://host:8000/v1 "
                          "(or set OPENAI_API_KEY for api.openai.com)")
     return ModelSpec(kind=kind, target=target, args=parse_model_args(model_args), base_url=base_url)
+
+
+_URL_FLAGS = {"--model": "--base-url", "--judge": "--judge-base-url"}
+
+
+def check_base_url(url: str, flag: str = "--base-url") -> None:
+    """An endpoint URL that can be requested: http(s), a host, a port in 1..65535.
+
+    Its password and query values are registered as secrets first, so neither
+    this message nor any later text shows them."""
+    from harness.core.env import redact_url, register_secret, url_secrets
+
+    for secret in url_secrets(url):
+        register_secret(secret)
+    shown = redact_url(url)
+    fix = "example: http://127.0.0.1:8000/v1"
+    if not url.lower().startswith(("http://", "https://")):
+        raise UsageError(f"{flag} {shown!r} is not an http(s) URL; {fix}")
+    netloc = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    if netloc.startswith("[") and "]" not in netloc:
+        raise UsageError(f"{flag} {shown!r}: unclosed '[' in the host (an IPv6 host is written [::1]); {fix}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port_text = netloc.rpartition("]")[2].rpartition(":")[2] if ":" in netloc.rpartition("]")[2] else ""
+        if port_text.isdigit():
+            raise UsageError(f"{flag} {shown!r}: port {port_text} is out of range (1-65535); {fix}") from None
+        raise UsageError(f"{flag} {shown!r}: port {port_text!r} is not a number; {fix}") from None
+    if not parts.hostname:
+        raise UsageError(f"{flag} {shown!r} names no host; {fix}")
+    if port == 0:
+        raise UsageError(f"{flag} {shown!r}: port 0 is out of range (1-65535); {fix}")
 
 
 def is_local_path(target: str) -> bool:

@@ -402,7 +402,7 @@ def _prepare_run_dir(cfg: RunConfig) -> Path:
 
 def _config_record(cfg: RunConfig, run_dir: Path, adapter: Adapter, tasks: list[Task],
                    judge_spec: ModelSpec | None) -> dict[str, Any]:
-    from harness.core.env import environment_record, redact
+    from harness.core.env import environment_record, redact, redact_url
 
     desc = adapter.describe()
     return {
@@ -411,10 +411,12 @@ def _config_record(cfg: RunConfig, run_dir: Path, adapter: Adapter, tasks: list[
         "run_id": run_dir.name,
         "label": cfg.label or cfg.metadata.get("label") or cfg.model.label,
         "model": {"spec": f"{cfg.model.kind}:{cfg.model.target}", "kind": cfg.model.kind,
-                  "target": cfg.model.target, "args": redact(cfg.model.args), "base_url": cfg.model.base_url},
+                  "target": cfg.model.target, "args": redact(cfg.model.args),
+                  "base_url": redact_url(cfg.model.base_url)},
         "adapter": redact(desc),
         "judge": None if judge_spec is None else {"spec": f"{judge_spec.kind}:{judge_spec.target}",
-                                                  "args": redact(judge_spec.args), "base_url": judge_spec.base_url},
+                                                  "args": redact(judge_spec.args),
+                                                  "base_url": redact_url(judge_spec.base_url)},
         "suites": list(cfg.suites),
         "task_options": asdict(cfg.task_options),
         "tasks": {t.name: {"version": t.version, **t.describe()} for t in tasks},
