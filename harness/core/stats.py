@@ -206,3 +206,127 @@ def bootstrap_p_two_sided(boot: Sequence[float], null: float = 0.0) -> float:
     below = sum(1 for v in boot if v <= null) + 1
     above = sum(1 for v in boot if v >= null) + 1
     return min(1.0, 2 * min(below, above) / (len(boot) + 1))
+
+
+def tango_p_two_sided(b: int, c: int, n: int, delta0: float = 0.0) -> float:
+    """Two-sided p-value of Tango's score test for H0: (b - c) / n == delta0.
+
+    This is the test that ``tango_interval`` inverts, so the two always agree:
+    the (1 - alpha) interval excludes delta0 exactly when p < alpha. At
+    delta0 = 0 it is McNemar's asymptotic (chi-square) test.
+    """
+    return min(1.0, 2 * (1 - normal_cdf(abs(tango_z(b, c, n, delta0)))))
+
+
+# -- power: the smallest effect a paired comparison can detect ----------------------------------
+
+POWER = 0.8
+
+
+def exact_mcnemar_floor(alpha: float, sided: int = 1) -> int:
+    """The fewest discordant pairs, all in one direction, with which the exact McNemar test can reject.
+
+    With k pairs all right -> wrong the one-sided p is 0.5**k (two-sided twice that),
+    so no drop of fewer than k items is ever significant: 5 items at alpha 0.05 one-sided.
+    """
+    k = 1
+    while sided * 0.5**k >= alpha:
+        k += 1
+    return k
+
+
+def mde_paired_binary(n: int, discordance: float, alpha: float, *, margin: float = 0.0, sided: int = 1,
+                      power: float = POWER) -> float:
+    """Minimum detectable drop (as a proportion) for paired 0/1 scores on ``n`` items.
+
+    The smallest true drop delta = p10 - p01 that the score test of
+    H0: drop <= margin rejects with probability ``power``, given the share of
+    discordant items psi = p10 + p01 (Connor 1987's normal approximation:
+    delta - margin = (z_a sqrt(psi - margin^2) + z_b sqrt(psi - delta^2)) / sqrt(n)),
+    and never below what the exact McNemar test can resolve (``exact_mcnemar_floor`` / n).
+    """
+    if n <= 0:
+        return math.nan
+    z_a, z_b = normal_ppf(1 - alpha / sided), normal_ppf(power)
+    psi = min(1.0, max(discordance, 0.0))
+    delta = margin
+    for _ in range(100):  # fixed point: the right-hand side shrinks as delta grows
+        nxt = margin + (z_a * math.sqrt(max(psi - margin**2, 0.0)) + z_b * math.sqrt(max(psi - delta**2, 0.0))) \
+            / math.sqrt(n)
+        if abs(nxt - delta) < 1e-12:
+            break
+        delta = nxt
+    return min(1.0, max(delta, margin + exact_mcnemar_floor(alpha, sided) / n))
+
+
+def mde_paired_mean(sd_diff: float, n: int, alpha: float, *, margin: float = 0.0, sided: int = 1,
+                    power: float = POWER) -> float:
+    """Minimum detectable mean drop for paired continuous scores: margin + (z_a + z_b) sd / sqrt(n).
+
+    ``sd_diff`` is the standard deviation of the per-unit paired differences
+    (per cluster when items nest), ``n`` the number of units.
+    """
+    if n < 2 or not math.isfinite(sd_diff):
+        return math.nan
+    return margin + (normal_ppf(1 - alpha / sided) + normal_ppf(power)) * sd_diff / math.sqrt(n)
+
+
+# -- multiplicity --------------------------------------------------------------------------------
+
+def holm(pvalues: Sequence[float], alpha: float) -> list[tuple[float, bool]]:
+    """Holm's (1979) step-down procedure: (level, rejected) per test, in input order.
+
+    The smallest p is tested at alpha / m, the next at alpha / (m - 1), ... up
+    to alpha; testing stops at the first p that is not below its level, and no
+    later test is rejected. The family-wise error rate is at most alpha.
+    """
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: (pvalues[i], i))
+    out: list[tuple[float, bool]] = [(alpha, False)] * m
+    going = True
+    for rank, i in enumerate(order):
+        level = alpha / (m - rank)
+        going = going and pvalues[i] < level
+        out[i] = (level, going)
+    return out
+
+
+# -- clustered units: weighted means -------------------------------------------------------------
+
+def weighted_mean_stderr(values: Sequence[float], weights: Sequence[float]) -> tuple[float, float]:
+    """Pooled mean sum(w v) / sum(w) over units with cluster-robust standard error.
+
+    Each unit (a cluster: an MT-Bench question holding its judged turns) carries
+    the mean ``v`` of its ``w`` rows, so the estimate is the mean over all rows
+    pooled. Rows within a unit are not independent; the standard error is the
+    ratio estimator's, over units: sqrt(n / (n - 1) * sum(w^2 (v - mean)^2)) / sum(w).
+    With all weights 1 it is ``mean_stderr``.
+    """
+    n, total = len(values), float(sum(weights))
+    if n == 0 or total <= 0:
+        return math.nan, math.nan
+    mean = sum(w * v for v, w in zip(values, weights, strict=True)) / total
+    if n == 1:
+        return mean, math.nan
+    ss = sum((w * (v - mean)) ** 2 for v, w in zip(values, weights, strict=True))
+    return mean, math.sqrt(n / (n - 1) * ss) / total
+
+
+def bootstrap_weighted_diffs(base: Sequence[float], base_w: Sequence[float], new: Sequence[float],
+                             new_w: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                             seed: int = BOOTSTRAP_SEED) -> list[float]:
+    """Paired cluster bootstrap of ``pooled(new) - pooled(base)``: units are resampled, rows stay inside them."""
+    import numpy as np
+
+    x, wx = np.asarray(base, dtype=float), np.asarray(base_w, dtype=float)
+    y, wy = np.asarray(new, dtype=float), np.asarray(new_w, dtype=float)
+    if x.size == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    chunk = max(1, 2_000_000 // x.size)
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        idx = rng.integers(0, x.size, size=(stop - start, x.size))
+        out[start:stop] = ((y * wy)[idx].sum(1) / wy[idx].sum(1)) - ((x * wx)[idx].sum(1) / wx[idx].sum(1))
+    return out.tolist()
