@@ -49,7 +49,7 @@ def _require(kind: str) -> None:
 def resolve_target(spec: ModelSpec) -> str:
     """Local path for embedded aliases (converted once, then cached)."""
     if spec.target in EMBEDDED_ALIASES:
-        from harness.run.embedded import ensure_embedded
+        from harness.adapters.embedded import ensure_embedded
         return str(ensure_embedded(spec.target))
     return spec.target
 
@@ -68,17 +68,6 @@ def build_adapter(spec: ModelSpec, *, chat_template: str | None = None, concurre
         return VLLMAdapter(spec, target, chat_template=chat_template, needs_chat=needs_chat)
     from harness.adapters.hf import HFAdapter
     return HFAdapter(spec, target, chat_template=chat_template, needs_chat=needs_chat)
-
-
-def resolve_chat_template(tokenizer: Any, override: str | None, target: str, needs_chat: bool) -> str | None:
-    """The checkpoint's own chat template (or ``--chat-template``), set on the tokenizer;
-    a chat-mode task with none is a usage error, never a template guessed from the name."""
-    if override is not None:
-        tokenizer.chat_template = override
-    if needs_chat and not tokenizer.chat_template:
-        raise UsageError(f"the tokenizer of {target} has no chat template and a chat-mode task was chosen; "
-                         "pass one with --chat-template FILE.jinja (or use --humaneval-mode completion)")
-    return tokenizer.chat_template
 
 
 def preflight(spec: ModelSpec, role: str = "model") -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
-from harness.adapters import resolve_chat_template
+from harness.adapters._template import resolve_chat_template
 from harness.core.errors import UsageError
 from harness.core.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
 from harness.core.records import Completion, OnResult, Request

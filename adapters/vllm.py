@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.adapters import resolve_chat_template
+from harness.adapters._template import resolve_chat_template
 from harness.core.errors import EngineError, UsageError
 from harness.core.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
 from harness.core.records import Completion, OnResult, Request

@@ -41,7 +41,7 @@ def test_embedded_conversion_matches_gguf_argmax() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.run.embedded import ensure_embedded, gguf_path
+    from harness.adapters.embedded import ensure_embedded, gguf_path
 
     src = gguf_path("smollm2-135m-instruct")
     converted = ensure_embedded("smollm2-135m-instruct")

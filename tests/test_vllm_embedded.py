@@ -63,9 +63,9 @@ def test_harness_run_gsm8k_through_vllm(vllm_run: Path) -> None:
 
 def test_greedy_completions_match_the_hf_adapter(vllm_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
+    from harness.adapters.embedded import ensure_embedded
     from harness.adapters.hf import HFAdapter
     from harness.core.models import ModelSpec
-    from harness.run.embedded import ensure_embedded
 
     rows = _samples(vllm_run)
     requests = [Request.from_dict(row["requests"][0]) for row in rows]
