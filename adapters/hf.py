@@ -9,7 +9,9 @@ Sampling honours each request's seed independently of how requests are
 batched: instead of HF's single global RNG, a logits processor draws every
 row's token from a generator seeded by (request seed, sample index) and hands
 greedy search a one-hot distribution. Stop strings end a row early
-(``stop_strings``) and are cut from the returned text, as vLLM does.
+(``stop_strings``) and are cut from the returned text, as vLLM does. Generated
+ids are decoded together with the prompt's (``adapters/tokens.py``), so a
+SentencePiece tokenizer keeps a completion's leading space.
 
 Options (``--model-args``): dtype (auto|float32|bfloat16|float16; auto is
 float32 on CPU, bfloat16 on CUDA), device (auto|cpu|cuda), batch_size
@@ -31,6 +33,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from harness.adapters._template import resolve_chat_template
+from harness.adapters.tokens import decode_continuation
 from harness.core.errors import UsageError
 from harness.core.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
 from harness.core.records import Completion, OnResult, Request
@@ -147,8 +150,10 @@ class HFAdapter:
             gen = self.model.generate(**enc, **kwargs, temperature=None, top_p=None, top_k=None)
         except torch.OutOfMemoryError as exc:
             return [Completion(id=r.id, error=f"out of memory: {exc}".splitlines()[0]) for r in batch]
-        new = gen[:, enc["input_ids"].shape[1]:]
-        texts, finish, n_tokens = self._decode(new, batch)
+        width = enc["input_ids"].shape[1]
+        prompts_ids = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"], enc["attention_mask"],
+                                                                      strict=True)]
+        texts, finish, n_tokens = self._decode(gen[:, width:], prompts_ids, batch)
         prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
         results, row = [], 0
         for r in batch:
@@ -158,15 +163,17 @@ class HFAdapter:
             row += r.n
         return results
 
-    def _decode(self, new: torch.Tensor, batch: list[Request]) -> tuple[list[str], list[str], list[int]]:
+    def _decode(self, new: torch.Tensor, prompts_ids: list[list[int]],
+                batch: list[Request]) -> tuple[list[str], list[str], list[int]]:
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         stops = batch[0].stop
         texts, finish, counts = [], [], []
-        for ids in new.tolist():
+        for ids, prompt_ids in zip(new.tolist(), prompts_ids, strict=True):
             cut = next((k for k, t in enumerate(ids) if t in eos_ids), None)
             kept = ids if cut is None else ids[:cut]
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            # Decoded after the prompt: Metaspace tokenizers strip a leading space from a lone decode.
+            text = decode_continuation(self.tokenizer, prompt_ids, kept)
             reason = "stop" if cut is not None else "length"
             hits = [text.find(s) for s in stops if s in text]
             if hits:

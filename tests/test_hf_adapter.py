@@ -83,3 +83,63 @@ def test_missing_chat_template_is_a_usage_error(tiny_llama: Path, tmp_path: Path
     template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     a = HFAdapter(ModelSpec("hf", str(copy)), str(copy), chat_template=template.read_text(), needs_chat=True)
     assert a.render(chat("1", "hi")) == "hi"
+
+
+# -- leading spaces with SentencePiece / Metaspace tokenizers (issue 17.2) ------------------------
+
+@pytest.fixture(scope="module")
+def metaspace_adapter(tmp_path_factory):
+    from llama_tokenizer import build_metaspace_llama
+
+    from harness.adapters.hf import HFAdapter
+    path = build_metaspace_llama(tmp_path_factory.mktemp("metaspace") / "model")
+    return HFAdapter(ModelSpec("hf", str(path)), str(path), needs_chat=False)
+
+
+def scripted_generate(adapter, new_ids: list[int]):
+    """Make the model 'generate' exactly ``new_ids`` (then EOS) after each prompt."""
+    import torch
+
+    def generate(input_ids, attention_mask, **kw):
+        tail = torch.tensor([new_ids + [adapter.tokenizer.eos_token_id]] * input_ids.shape[0])
+        return torch.cat([input_ids, tail], dim=1)
+    return generate
+
+
+def test_completion_keeps_the_leading_space_a_metaspace_decoder_strips(metaspace_adapter, monkeypatch) -> None:
+    from llama_tokenizer import piece_ids
+
+    tok = metaspace_adapter.tokenizer
+    new = piece_ids(tok, ["▁"] * 4 + list("return") + ["▁", "x"])
+    assert tok.decode(new) == "   return x"  # the tokenizer's own decode drops one space
+    monkeypatch.setattr(metaspace_adapter.model, "generate", scripted_generate(metaspace_adapter, new))
+    prompt = "def f(x):\n"
+    [c] = metaspace_adapter.generate([Request(id="p", prompt=prompt, max_tokens=16)])
+    assert c.texts == ("    return x",)
+    compile(prompt + c.texts[0], "<humaneval>", "exec")  # prompt + completion is valid Python
+
+
+def test_stop_strings_are_cut_after_the_joint_decode(metaspace_adapter, monkeypatch) -> None:
+    from llama_tokenizer import piece_ids
+
+    new = piece_ids(metaspace_adapter.tokenizer, ["▁"] * 4 + list("return") + ["▁", "x", "\n", "d", "e", "f"])
+    monkeypatch.setattr(metaspace_adapter.model, "generate", scripted_generate(metaspace_adapter, new))
+    [c] = metaspace_adapter.generate([Request(id="p", prompt="def f(x):\n", max_tokens=16, stop=("\ndef",))])
+    assert c.texts == ("    return x",) and c.finish_reasons == ("stop",)
+
+
+def test_decoded_completion_is_the_joint_decode_minus_the_prompt(metaspace_adapter) -> None:
+    # Whatever the random model generates, prompt text + completion == decode(prompt ids + generated ids).
+    import torch
+
+    a = metaspace_adapter
+    prompt = "    if x:\n"
+    [c] = a.generate([Request(id="p", prompt=prompt, max_tokens=10)])
+    enc = a.tokenizer(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        ids = a.model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=a.tokenizer.pad_token_id)[0]
+    ids = ids.tolist()
+    if a.tokenizer.eos_token_id in ids[enc["input_ids"].shape[1]:]:
+        ids = ids[:ids.index(a.tokenizer.eos_token_id, enc["input_ids"].shape[1])]
+    full = a.tokenizer.decode(ids, skip_special_tokens=True)
+    assert a.tokenizer.decode(enc["input_ids"][0], skip_special_tokens=True) + c.texts[0] == full
