@@ -80,6 +80,8 @@ def _check_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", required=True)
     p.add_argument("--max-drop", default=None, help="allowed drops in points, e.g. gsm8k=1.0,humaneval=2.0,mt_bench=0.2")
     p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--no-holm", action="store_true",
+                   help="test each gated metric at --alpha (default: Holm over the gated metrics)")
 
 
 def _study_parser(sub: argparse._SubParsersAction) -> None:

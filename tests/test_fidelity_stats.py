@@ -67,7 +67,8 @@ def test_mde_mean_matches_the_normal_power_formula():
 def test_holm_against_statsmodels_definition():
     p = [0.01, 0.04, 0.03, 0.20]
     out = stats.holm(p, 0.05)
-    assert [lvl for lvl, _ in out] == pytest.approx([0.05 / 4, 0.05 / 2, 0.05 / 3, 0.05])
+    # 0.01 at 0.05/4 rejects; 0.03 at 0.05/3 fails and stops; 0.04 and 0.20 are shown at that stopping level
+    assert [lvl for lvl, _ in out] == pytest.approx([0.05 / 4, 0.05 / 3, 0.05 / 3, 0.05 / 3])
     assert [r for _, r in out] == [True, False, False, False]  # 0.03 >= 0.05/3 stops the procedure
     assert [r for _, r in stats.holm([0.001, 0.01, 0.04], 0.05)] == [True, True, True]
     assert stats.holm([0.03], 0.05) == [(0.05, True)]

@@ -180,3 +180,50 @@ def test_a_single_paired_item_is_no_evidence(tmp_path, capsys):
     worse = _mt(tmp_path, "worse", [2.0])
     code, out, _ = check(capsys, worse, base)
     assert code == 0 and "p=1.000 for drop > 0.20" in out
+
+
+# -- issue 17: multiplicity (Holm) and power ---------------------------------------------------------
+
+def _five_flips(n=200):
+    new = BASE[:n].copy() if n <= len(BASE) else [1] * 60 + [0] * (n - 60)
+    new[0:5] = [0] * 5  # 5 right -> wrong, none back: exact one-sided p = 1/32 = 0.031
+    return new
+
+
+def test_one_metric_with_five_flips_fails_at_alpha(tmp_path, capsys):
+    base = make_run(tmp_path, "base", gsm8k(BASE))
+    code, out, _ = check(capsys, make_run(tmp_path, "new", gsm8k(_five_flips())), base, "--max-drop", "gsm8k=0")
+    assert code == 1 and "alpha 0.05" in out
+
+
+def test_holm_controls_the_family_of_gated_metrics(tmp_path, capsys):
+    base = make_run(tmp_path, "base", gsm8k(BASE))
+    new = make_run(tmp_path, "new", gsm8k(_five_flips()))
+    # strict and flexible both gated: each p = 0.031 alone, but Holm tests the smaller at 0.05 / 2
+    code, out, _ = check(capsys, new, base, "--max-drop", "gsm8k=0,gsm8k.flexible=0")
+    assert code == 0, out
+    assert sum(x.startswith("ok ") and "tested at alpha 0.025" in x for x in out.splitlines()) == 2
+    assert "Holm" in out
+    code, out, _ = check(capsys, new, base, "--max-drop", "gsm8k=0,gsm8k.flexible=0", "--no-holm")
+    assert code == 1 and "alpha 0.05 each" in out and "Holm" not in out
+
+
+def test_gate_states_the_detectable_drop_and_warns_up_front_when_the_margin_is_below_it(tmp_path, capsys):
+    items = [1] * 80 + [0] * 84  # 164 items, as HumanEval
+    base = make_run(tmp_path, "base", gsm8k(items))
+    code, out, _ = check(capsys, make_run(tmp_path, "same", gsm8k(items)), base, "--max-drop", "gsm8k=1.0")
+    assert code == 0
+    lines = out.splitlines()
+    warn = next(i for i, x in enumerate(lines) if x.startswith("warning:") and "detect" in x)
+    verdict = next(i for i, x in enumerate(lines) if x.startswith("ok "))
+    assert warn < verdict  # up front, before any verdict
+    assert "164 paired items" in lines[warn] and "1.0 points" in lines[warn] and "3.0 points" in lines[warn]
+    assert "not evidence" in lines[warn]
+    assert "80% power" in lines[verdict]
+
+
+def test_no_power_warning_when_the_items_can_resolve_the_margin(tmp_path, capsys):
+    items = [1] * 600 + [0] * 1400
+    base = make_run(tmp_path, "base", gsm8k(items))
+    code, out, _ = check(capsys, make_run(tmp_path, "same", gsm8k(items)), base, "--max-drop", "gsm8k=1.0")
+    assert code == 0 and not any(x.startswith("warning:") for x in out.splitlines())

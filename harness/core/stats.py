@@ -278,16 +278,23 @@ def holm(pvalues: Sequence[float], alpha: float) -> list[tuple[float, bool]]:
 
     The smallest p is tested at alpha / m, the next at alpha / (m - 1), ... up
     to alpha; testing stops at the first p that is not below its level, and no
-    later test is rejected. The family-wise error rate is at most alpha.
+    later test is rejected. The family-wise error rate is at most alpha. A test
+    after the stop is reported at the stopping level (its p, no smaller than the
+    one that failed, fails that level too).
     """
     m = len(pvalues)
     order = sorted(range(m), key=lambda i: (pvalues[i], i))
     out: list[tuple[float, bool]] = [(alpha, False)] * m
-    going = True
+    stop: float | None = None
     for rank, i in enumerate(order):
+        if stop is not None:
+            out[i] = (stop, False)
+            continue
         level = alpha / (m - rank)
-        going = going and pvalues[i] < level
-        out[i] = (level, going)
+        if pvalues[i] < level:
+            out[i] = (level, True)
+        else:
+            out[i], stop = (level, False), level
     return out
 
 

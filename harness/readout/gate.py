@@ -23,8 +23,22 @@ significant passes, and says so.
   (10,000 resamples, fixed seed); the p-value is the share of resampled mean
   drops at or below the margin, which inverts the percentile bound.
 
-alpha applies per gated metric. Defaults: gsm8k=1.0, humaneval=2.0,
-mt_bench=0.2 (other tasks 0). Exit codes: 0 pass, 1 regression, 2 bad input.
+Several gated metrics are one family: Holm's step-down procedure keeps the
+chance of any false alarm at alpha (the smallest p is tested at alpha / m, the
+next at alpha / (m - 1), ...; each verdict shows its level). ``--no-holm``
+tests every metric at alpha instead. For a 0/1 metric the p-value that Holm
+orders is the larger of the margin and the exact any-drop p-values (both must
+reject).
+
+Power: each verdict states the smallest true drop the gate would catch with
+80% power at its level (from the paired item count and the observed share of
+discordant items, or the spread of the paired differences), and a warning
+comes first when an allowed drop is below the smallest drop the items can
+detect at all, so a pass is never read as evidence of no regression.
+
+Defaults come from each task (``default_max_drop``: gsm8k 1.0, humaneval 2.0,
+mt_bench 0.2; a task this install lacks, 0). Exit codes:
+0 pass, 1 regression, 2 bad input.
 
     harness check runs/new --baseline runs/base --max-drop gsm8k=1.0,mt_bench=0.2
 """
@@ -33,7 +47,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.core.errors import UsageError
@@ -41,7 +56,10 @@ from harness.core.records import MetricSpec
 from harness.core.stats import (
     bootstrap_means,
     bootstrap_p_at_most,
+    holm,
     mcnemar_exact_one_sided,
+    mde_paired_binary,
+    mde_paired_mean,
     normal_cdf,
     percentile,
     tango_interval,
@@ -58,7 +76,12 @@ from harness.readout.compare import (
     paired_values,
 )
 
-DEFAULT_MAX_DROP = {"gsm8k": 1.0, "humaneval": 2.0, "mt_bench": 0.2}
+
+def default_max_drop(task: str) -> float:
+    """The allowed drop a task declares (``Task.default_max_drop``); 0 for a task this install lacks."""
+    from harness import tasks
+
+    return float(tasks.task_class(task).default_max_drop) if task in tasks.names() else 0.0
 
 
 @dataclass(frozen=True)
@@ -79,23 +102,34 @@ class Verdict:
     worse: int | None
     better: int | None
     regression: bool
+    spread: float = math.nan  # share of discordant items (0/1 scores) or SD of the paired differences
+    level: float = math.nan  # the alpha this metric was tested at (Holm-adjusted unless --no-holm)
+    mde: float = math.nan  # true drop the gate fails with 80% power at ``level``, reported units
+    mde_any: float = math.nan  # smallest drop distinguishable from none with 80% power at ``level``
+
+    @property
+    def p_gate(self) -> float:
+        """The p-value the decision rests on: a 0/1 metric needs both tests to reject."""
+        return max(self.p_margin, self.p_any) if self.worse is not None else self.p_margin
 
 
 def main_check(args: argparse.Namespace) -> int:
-    return gate_runs(Path(args.run), Path(args.baseline), args.max_drop, args.alpha)
+    return gate_runs(Path(args.run), Path(args.baseline), args.max_drop, args.alpha,
+                     holm_correction=not getattr(args, "no_holm", False))
 
 
-def gate_runs(run_dir: Path, baseline: Path, max_drop: str | None, alpha: float) -> int:
+def gate_runs(run_dir: Path, baseline: Path, max_drop: str | None, alpha: float, *,
+              holm_correction: bool = True) -> int:
     """Print the gate's verdicts; return 0 (pass) or 1 (regression). Bad input raises UsageError."""
-    if not 0 < alpha < 0.5:
-        raise UsageError(f"--alpha must be between 0 and 0.5 (e.g. 0.05), got {alpha}")
+    check_alpha(alpha)
     run, base = load_run(run_dir), load_run(baseline)
-    verdicts, notes = evaluate(run, base, max_drop, alpha)
-    print(render(verdicts, notes, run, base, alpha))
+    verdicts, notes = evaluate(run, base, max_drop, alpha, holm_correction=holm_correction)
+    print(render(verdicts, notes, run, base, alpha, holm_correction=holm_correction))
     return 1 if any(v.regression for v in verdicts) else 0
 
 
-def evaluate(run: Run, base: Run, max_drop: str | None, alpha: float) -> tuple[list[Verdict], list[str]]:
+def evaluate(run: Run, base: Run, max_drop: str | None, alpha: float, *,
+             holm_correction: bool = True) -> tuple[list[Verdict], list[str]]:
     check_comparable([base, run])
     shared = [t for t in run.tasks if t in base.tasks]
     if not shared:
@@ -111,24 +145,69 @@ def evaluate(run: Run, base: Run, max_drop: str | None, alpha: float) -> tuple[l
             notes.append(f"warning: {task} has {new_t.errors} errored items in the run vs {base_t.errors} in "
                          "the baseline; errored items are left out of the paired test")
         verdicts.append(judge(new_t, base_t, spec, allowed, alpha))
+    verdicts = decide(verdicts, alpha, holm_correction)
+    notes = [power_warning(v) for v in verdicts if 0 < v.max_drop < v.mde_any] + notes
     return verdicts, notes
 
 
+def decide(verdicts: list[Verdict], alpha: float, holm_correction: bool = True) -> list[Verdict]:
+    """Each verdict's level (Holm over the family, or alpha each), its regression flag and its power."""
+    levels = holm([v.p_gate for v in verdicts], alpha) if holm_correction else [(alpha, False)] * len(verdicts)
+    out = []
+    for v, (level, rejected) in zip(verdicts, levels, strict=True):
+        regression = rejected if holm_correction else v.p_gate < alpha
+        out.append(replace(v, level=level, regression=regression, mde=detectable(v, level, v.max_drop),
+                           mde_any=detectable(v, level, 0.0)))
+    return out
+
+
+def detectable(v: Verdict, level: float, margin: float) -> float:
+    """The true drop (reported units) that a one-sided test at ``level`` of drop > margin catches with 80% power."""
+    if v.worse is not None:
+        return mde_paired_binary(v.paired, v.spread, level, margin=margin / v.scale) * v.scale
+    return mde_paired_mean(v.spread, v.paired, level, margin=margin)
+
+
+def power_warning(v: Verdict) -> str:
+    unit = "points" if v.scale >= 10 else "rating points"
+    return (f"warning: {v.task} {v.metric}: {v.paired} paired items cannot detect a drop of "
+            f"{_f(v.max_drop, v.scale)} {unit} (the allowed drop); the smallest drop they detect with 80% power "
+            f"at alpha {_a(v.level)} is {_f(v.mde_any, v.scale)} {unit}, so a pass is not evidence that the drop "
+            f"is under {_f(v.max_drop, v.scale)}: evaluate more items or allow a larger drop")
+
+
+def check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 0.5:  # also refuses nan
+        raise UsageError(f"--alpha must be between 0 and 0.5 (e.g. 0.05), got {alpha}")
+
+
+MAX_ALLOWED_DROP = 100.0  # no metric is reported in units beyond 100 points
+
+
 def parse_max_drop(text: str | None) -> dict[str, float]:
-    """``"gsm8k=1.0,mt_bench.turn2=0.3"`` -> {name: allowed drop}; names are checked later."""
+    """``"gsm8k=1.0,mt_bench.turn2=0.3"`` -> {name: allowed drop}; metric names are checked against the runs later."""
     out: dict[str, float] = {}
-    for part in (p.strip() for p in (text or "").split(",")):
+    if text is None:
+        return out
+    example = "e.g. gsm8k=1.0,humaneval=2.0,mt_bench=0.2"
+    for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        name, sep, value = part.partition("=")
+        name, sep, value = (s.strip() for s in part.partition("="))
         try:
             drop = float(value) if sep else math.nan
         except ValueError:
             drop = math.nan
-        if not name.strip() or not math.isfinite(drop) or drop < 0:
+        if not name or not math.isfinite(drop) or drop < 0:
             raise UsageError(f"--max-drop {part!r}: expected TASK=POINTS or TASK.METRIC=POINTS with points >= 0, "
-                             "e.g. gsm8k=1.0,humaneval=2.0,mt_bench=0.2")
-        out[name.strip()] = drop
+                             f"{example}")
+        if drop > MAX_ALLOWED_DROP:
+            raise UsageError(f"--max-drop {part!r}: an allowed drop is at most {MAX_ALLOWED_DROP:g} points; {example}")
+        if name in out:
+            raise UsageError(f"--max-drop gives {name} twice ({out[name]:g} and {drop:g}); give each metric once")
+        out[name] = drop
+    if not out:
+        raise UsageError(f"--max-drop {text!r} names no metric; {example}")
     return out
 
 
@@ -142,7 +221,7 @@ def gated_metrics(run: Run, shared: list[str], explicit: dict[str, float]) -> di
     gated: dict[tuple[str, MetricSpec], float] = {}
     for t in shared:
         primary = run.tasks[t].specs[0]
-        gated[(t, primary)] = explicit.get(t, explicit.get(f"{t}.{primary.name}", DEFAULT_MAX_DROP.get(t, 0.0)))
+        gated[(t, primary)] = explicit.get(t, explicit.get(f"{t}.{primary.name}", default_max_drop(t)))
         for m, spec in specs[t].items():
             if f"{t}.{m}" in explicit:
                 gated[(t, spec)] = explicit[f"{t}.{m}"]
@@ -173,7 +252,7 @@ def _judge_binary(x: list[float], y: list[float], sign: float, scale: float, max
     return Verdict(**common, drop=(worse - better) / n * scale, ci=(lo * scale, hi * scale),
                    bound=tango_lower_bound(worse, better, n, 1 - alpha) * scale, p_margin=p_margin, p_any=p_any,
                    test="Tango score test; exact McNemar", worse=worse, better=better,
-                   regression=p_margin < alpha and p_any < alpha)
+                   regression=p_margin < alpha and p_any < alpha, spread=(worse + better) / n, level=alpha)
 
 
 def _judge_bootstrap(x: list[float], y: list[float], sign: float, scale: float, max_drop: float, alpha: float,
@@ -184,7 +263,8 @@ def _judge_bootstrap(x: list[float], y: list[float], sign: float, scale: float, 
     return Verdict(**common, drop=sum(diffs) / len(diffs),
                    ci=(percentile(boot, alpha / 2), percentile(boot, 1 - alpha / 2)), bound=percentile(boot, alpha),
                    p_margin=p_margin, p_any=bootstrap_p_at_most(boot, 0.0), test="paired bootstrap",
-                   worse=None, better=None, regression=p_margin < alpha)
+                   worse=None, better=None, regression=p_margin < alpha,
+                   spread=statistics.stdev(diffs) if len(diffs) >= 2 else math.nan, level=alpha)
 
 
 def _f(v: float, scale: float) -> str:
@@ -196,35 +276,55 @@ def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
+def _a(level: float) -> str:
+    return f"{level:.4g}"
+
+
 def describe(v: Verdict, alpha: float) -> str:
     unit = "points" if v.scale >= 10 else "rating points"
     level = round(100 * (1 - alpha))
+    alpha = v.level if math.isfinite(v.level) else alpha
     what = (f"{v.task} {v.metric}: {_f(v.baseline, v.scale)} -> {_f(v.value, v.scale)} on {v.paired} paired items"
             + (f" ({v.worse} worse, {v.better} better)" if v.worse is not None else ""))
     stats = (f"drop {_f(v.drop, v.scale)} {unit}, {level}% CI [{_f(v.ci[0], v.scale)}, {_f(v.ci[1], v.scale)}], "
              f"one-sided {level}% lower bound {_f(v.bound, v.scale)}; {_p(v.p_margin)} for drop > "
-             f"{_f(v.max_drop, v.scale)}, {_p(v.p_any)} for any drop ({v.test})")
+             f"{_f(v.max_drop, v.scale)}, {_p(v.p_any)} for any drop ({v.test}); tested at alpha {_a(alpha)}, "
+             f"80% power to fail a true drop of {_f(v.mde, v.scale)}")
     if v.regression:
         return f"REGRESSION {what}: dropped more than the allowed {_f(v.max_drop, v.scale)} {unit}; {stats}"
     allowed = f"{_f(v.max_drop, v.scale)} {unit}"
     if v.drop <= 0:
         return f"ok {what}: no drop; {stats}"
     if v.drop <= v.max_drop:
-        return f"ok {what}: drop within the allowed {allowed}, not significant at alpha {alpha}; {stats}"
-    return (f"ok {what}: drop above the allowed {allowed} but not significant at alpha {alpha} (within item "
+        return f"ok {what}: drop within the allowed {allowed}, not significant at alpha {_a(alpha)}; {stats}"
+    return (f"ok {what}: drop above the allowed {allowed} but not significant at alpha {_a(alpha)} (within item "
             f"noise); {stats}")
 
 
-def render(verdicts: list[Verdict], notes: list[str], run: Run, base: Run, alpha: float) -> str:
-    lines = [f"harness check: {run.label} ({run.path}) against baseline {base.label} ({base.path})"]
-    lines += [describe(v, alpha) for v in verdicts] + notes
+def decision_rule(alpha: float, m: int, holm_correction: bool) -> str:
+    """The gate's rule in one sentence (also printed in the report, docs/ci-gate.md)."""
+    family = (f"Holm over the {m} gated metrics (family-wise error <= {_a(alpha)}; levels {_a(alpha / m)} to "
+              f"{_a(alpha)})" if holm_correction and m > 1 else f"alpha {_a(alpha)} each")
+    return ("rule: a metric fails when its drop exceeds the allowed drop significantly, one-sided: 0/1 scores need "
+            "Tango's score test at the margin and the exact McNemar test of any drop to both reject; continuous "
+            f"scores the paired bootstrap at the margin; {family}")
+
+
+def render(verdicts: list[Verdict], notes: list[str], run: Run, base: Run, alpha: float, *,
+           holm_correction: bool = True) -> str:
+    lines = [f"harness check: {run.label} ({run.path}) against baseline {base.label} ({base.path})",
+             decision_rule(alpha, len(verdicts), holm_correction)]
+    warnings = [n for n in notes if n.startswith("warning:") and "cannot detect" in n]
+    lines += warnings + [describe(v, alpha) for v in verdicts] + [n for n in notes if n not in warnings]
     failed = [v for v in verdicts if v.regression]
+    family = (f"Holm-adjusted, family-wise alpha {_a(alpha)}" if holm_correction and len(verdicts) > 1
+              else f"alpha {_a(alpha)} each")
     if failed:
         lines.append(f"FAIL: {len(failed)} of {len(verdicts)} gated metrics regressed beyond the allowed drop "
-                     f"({', '.join(f'{v.task} {v.metric}' for v in failed)})")
+                     f"({', '.join(f'{v.task} {v.metric}' for v in failed)}; {family})")
     else:
         lines.append(f"PASS: no significant regression beyond the allowed drops ({len(verdicts)} gated "
-                     f"metric{'s' if len(verdicts) != 1 else ''}, alpha {alpha} each)")
+                     f"metric{'s' if len(verdicts) != 1 else ''}, {family})")
     return "\n".join(lines)
 
 
