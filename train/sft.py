@@ -373,7 +373,7 @@ def train_stages(stages: Sequence[Stage], cfg: TrainConfig, base: BaseModel, roo
 
 
 def train_one(stage: Stage, cfg: TrainConfig, init: str, out: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    from harness.core.journal import write_json_atomic
+    from harness.core.files import write_json_atomic
 
     t0 = time.monotonic()
     model, tokenizer = load_model(init, cfg)

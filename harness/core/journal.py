@@ -8,7 +8,8 @@ appended (``kill -9`` loses only the records in flight) and fsynced in small
 batches (a power loss loses at most the last batch).
 
 Records are keyed; reading keeps the last valid record per key, so a resumed
-run never holds an item twice.
+run never holds an item twice. Whole files (config, summary, samples) are
+written by harness/core/files.py.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# Moved to the file kernel; re-exported while callers move their imports there.
+from harness.core.files import strict_json, write_json_atomic, write_jsonl_atomic  # noqa: F401
 
 log = logging.getLogger("harness")
 
@@ -130,35 +133,3 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def strict_json(obj: Any) -> Any:
-    """NaN and infinities become null: strict JSON for every reader, not just Python's."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [strict_json(v) for v in obj]
-    return obj
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write a whole JSONL file atomically (temp file + fsync + rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(strict_json(row), ensure_ascii=False, allow_nan=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(strict_json(obj), f, indent=2, ensure_ascii=False, default=str, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -23,7 +23,8 @@ from typing import Any
 
 from harness import RUN_FORMAT
 from harness.core.errors import UsageError
-from harness.core.records import MetricSpec
+from harness.core.files import read_jsonl_numbered
+from harness.core.records import MetricSpec, sha256_json
 from harness.core.stats import (
     Z95,
     bootstrap_means,
@@ -103,11 +104,21 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def check_format(run_dir: Path) -> None:
-    """Refuse run directories written by another on-disk format (see harness.RUN_FORMAT)."""
+    """Refuse what is not a run directory of this harness, or one written by another on-disk format
+    (see harness.RUN_FORMAT), each with a message saying which."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise UsageError(f"{run_dir} is a file, not a run directory; pass the directory `harness run` wrote "
+                         f"(e.g. {run_dir.parent})")
     if not run_dir.is_dir():
         raise UsageError(f"run directory {str(run_dir)!r} does not exist; pass a directory written by `harness run`")
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no config.json); pass a directory written by "
+                         "`harness run`")
     docs = [_read_json(run_dir / "config.json", "written when a run starts")]
+    if "format" not in docs[0]:
+        raise UsageError(f"{run_dir} is not a run directory of this harness (its config.json has no format "
+                         "field); pass a directory written by `harness run`")
     if (run_dir / "summary.json").exists():
         docs.append(_read_json(run_dir / "summary.json", "written when a run finishes"))
     for doc in docs:
@@ -146,30 +157,39 @@ def _load_task(run_dir: Path, name: str, rec: dict[str, Any]) -> TaskRun:
         raise UsageError(f"{run_dir}/summary.json: task {name!r} lacks {exc} (metric_specs, version, "
                          "item_ids_sha256); rerun it with this harness") from None
     specs.sort(key=lambda s: not s.primary)  # stable: primary first, then the task's order
-    scores = _read_samples(run_dir / f"{name}.samples.jsonl")
-    return TaskRun(name=name, version=version, n=int(rec.get("n", len(scores))), errors=int(rec.get("errors", 0)),
+    path = run_dir / f"{name}.samples.jsonl"
+    scores = _read_samples(path)
+    n = int(rec.get("n", len(scores)))
+    _check_samples(path, scores, n, item_hash)
+    return TaskRun(name=name, version=version, n=n, errors=int(rec.get("errors", 0)),
                    metrics=dict(rec.get("metrics") or {}), specs=tuple(specs), item_ids_sha256=item_hash,
                    scores=scores)
+
+
+def _check_samples(path: Path, scores: dict[str, dict[str, float]], n: int, item_hash: str) -> None:
+    """The samples must be the items summary.json counted: a cut or swapped file would be compared
+    on other items than the table says."""
+    if len(scores) != n:
+        raise UsageError(f"{path} holds {len(scores)} items but summary.json lists {n}: the file was cut "
+                         "or replaced; rerun the run that wrote it")
+    if sha256_json(sorted(scores)) != item_hash:
+        raise UsageError(f"{path}: item ids do not match summary.json (item_ids_sha256 {item_hash[:8]}); "
+                         "the file was replaced; rerun the run that wrote it")
 
 
 def _read_samples(path: Path) -> dict[str, dict[str, float]]:
     if not path.exists():
         raise UsageError(f"{path} is missing: the report needs the per-item samples written by `harness run`")
     out: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                item, scores = str(row["id"]), row.get("scores") or {}
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UsageError(f"{path}:{lineno}: not a sample row (expected JSON with 'id' and "
-                                 "'scores'); rerun the run that wrote it") from None
-            if item in out:
-                raise UsageError(f"{path}:{lineno}: item {item!r} appears twice; rerun the run that wrote it")
-            out[item] = {k: float(v) for k, v in scores.items()
-                         if isinstance(v, (int, float)) and math.isfinite(v)}
+    for lineno, row in read_jsonl_numbered(path, required=("id",)):
+        item, scores = str(row["id"]), row.get("scores") or {}
+        if not isinstance(scores, dict):
+            raise UsageError(f"{path}:{lineno}: 'scores' is a JSON {type(scores).__name__}, expected an object; "
+                             "rerun the run that wrote it")
+        if item in out:
+            raise UsageError(f"{path}:{lineno}: item {item!r} appears twice; rerun the run that wrote it")
+        out[item] = {k: float(v) for k, v in scores.items()
+                     if isinstance(v, (int, float)) and math.isfinite(v)}
     return out
 
 
