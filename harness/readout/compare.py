@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,8 @@ class TaskRun:
     metrics: dict[str, Any]
     specs: tuple[MetricSpec, ...]  # primary first
     item_ids_sha256: str
-    scores: dict[str, dict[str, float]]  # item id -> {score key: value}, scored items only
+    scores: dict[str, dict[str, float]]  # item id -> {score key: value}; every item, {} when errored
+    item_errors: dict[str, str] = field(default_factory=dict)  # item id -> its error, errored items only
 
 
 @dataclass(frozen=True)
@@ -158,12 +159,12 @@ def _load_task(run_dir: Path, name: str, rec: dict[str, Any]) -> TaskRun:
                          "item_ids_sha256); rerun it with this harness") from None
     specs.sort(key=lambda s: not s.primary)  # stable: primary first, then the task's order
     path = run_dir / f"{name}.samples.jsonl"
-    scores = _read_samples(path)
+    scores, item_errors = _read_samples(path)
     n = int(rec.get("n", len(scores)))
     _check_samples(path, scores, n, item_hash)
     return TaskRun(name=name, version=version, n=n, errors=int(rec.get("errors", 0)),
                    metrics=dict(rec.get("metrics") or {}), specs=tuple(specs), item_ids_sha256=item_hash,
-                   scores=scores)
+                   scores=scores, item_errors=item_errors)
 
 
 def _check_samples(path: Path, scores: dict[str, dict[str, float]], n: int, item_hash: str) -> None:
@@ -177,10 +178,12 @@ def _check_samples(path: Path, scores: dict[str, dict[str, float]], n: int, item
                          "the file was replaced; rerun the run that wrote it")
 
 
-def _read_samples(path: Path) -> dict[str, dict[str, float]]:
+def _read_samples(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Per-item scores (finite numbers only) and the errors of errored items."""
     if not path.exists():
         raise UsageError(f"{path} is missing: the report needs the per-item samples written by `harness run`")
     out: dict[str, dict[str, float]] = {}
+    errors: dict[str, str] = {}
     for lineno, row in read_jsonl_numbered(path, required=("id",)):
         item, scores = str(row["id"]), row.get("scores") or {}
         if not isinstance(scores, dict):
@@ -190,7 +193,9 @@ def _read_samples(path: Path) -> dict[str, dict[str, float]]:
             raise UsageError(f"{path}:{lineno}: item {item!r} appears twice; rerun the run that wrote it")
         out[item] = {k: float(v) for k, v in scores.items()
                      if isinstance(v, (int, float)) and math.isfinite(v)}
-    return out
+        if row.get("error"):
+            errors[item] = str(row["error"])
+    return out, errors
 
 
 def check_comparable(runs: list[Run]) -> None:

@@ -16,7 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from harness.readout.compare import METADATA_KEYS, Run
+from harness.core.records import MetricSpec
+from harness.readout.compare import METADATA_KEYS, Run, TaskRun, check_comparable, compare, estimate
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class MetricRow:
 
 @dataclass(frozen=True)
 class Report:
+    """The rows of a report over ``runs`` (the baseline first when it was not among them)."""
+
     runs: tuple[Run, ...]
     baseline: Run | None
     alpha: float
@@ -88,6 +91,40 @@ class Report:
     def level(self) -> int:
         """The interval level in percent: 95 for alpha 0.05."""
         return round(100 * (1 - self.alpha))
+
+
+def build_report(runs: list[Run], baseline: Run | None, alpha: float) -> Report:
+    """Every run's estimates, each compared with the baseline when one is given (refuses runs
+    that evaluated a shared task on other items or another task version)."""
+    if baseline is not None and not any(same_run(r, baseline) for r in runs):
+        runs = [baseline, *runs]
+    check_comparable(runs)
+    rows = tuple(row for run in runs for row in _rows(run, baseline, alpha))
+    return Report(runs=tuple(runs), baseline=baseline, alpha=alpha, rows=rows)
+
+
+def _rows(run: Run, baseline: Run | None, alpha: float) -> list[MetricRow]:
+    rows = []
+    metadata = tuple((k, run.metadata.get(k)) for k in METADATA_KEYS)
+    for task in run.tasks.values():
+        base_task = baseline.tasks.get(task.name) if baseline is not None and not same_run(run, baseline) else None
+        for spec in task.specs:
+            est = estimate(task, spec, alpha)
+            vs = _comparison(task, base_task, spec, baseline.label, alpha) if base_task is not None else None
+            rows.append(MetricRow(
+                run_dir=str(run.path), run_id=run.run_id, label=run.label, model=run.model,
+                checkpoint=run.checkpoint, metadata=metadata, task=task.name, task_version=task.version,
+                metric=spec.name, primary=spec.primary, kind=spec.kind, interval=est.method, value=est.value,
+                ci_low=est.low, ci_high=est.high, scored=est.n, items=task.n, errors=task.errors,
+                scale=spec.scale, higher_is_better=spec.higher_is_better, vs=vs))
+    return rows
+
+
+def _comparison(task: TaskRun, base_task: TaskRun, spec: MetricSpec, baseline_label: str, alpha: float) -> Comparison:
+    p = compare(task, base_task, spec, alpha)
+    return Comparison(baseline=baseline_label, delta=p.delta, delta_ci_low=p.low, delta_ci_high=p.high,
+                      p_value=p.p, test=p.test, paired=p.n, worse=p.worse, better=p.better,
+                      significant=bool(p.p < alpha))
 
 
 def same_run(a: Run, b: Run | None) -> bool:

@@ -18,8 +18,6 @@ harness/readout/plots.py).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import math
@@ -28,17 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import UsageError
-from harness.readout.compare import (
-    METADATA_KEYS,
-    Run,
-    TaskRun,
-    check_comparable,
-    check_format,
-    compare,
-    estimate,
-    load_run,
-)
-from harness.readout.model import Comparison, MetricRow, Report, same_run
+from harness.readout.compare import check_format, load_run
+from harness.readout.frames import to_csv
+from harness.readout.model import Report, build_report
 from harness.readout.tables import (
     comparison_header,
     comparison_rows,
@@ -126,40 +116,6 @@ def _check_alpha(alpha: float) -> None:
         raise UsageError(f"--alpha must be between 0 and 0.5 (e.g. 0.05), got {alpha}")
 
 
-# -- the table model -----------------------------------------------------------------------------
-
-def build_report(runs: list[Run], baseline: Run | None, alpha: float) -> Report:
-    if baseline is not None and not any(same_run(r, baseline) for r in runs):
-        runs = [baseline, *runs]
-    check_comparable(runs)
-    rows = tuple(row for run in runs for row in _rows(run, baseline, alpha))
-    return Report(runs=tuple(runs), baseline=baseline, alpha=alpha, rows=rows)
-
-
-def _rows(run: Run, baseline: Run | None, alpha: float) -> list[MetricRow]:
-    rows = []
-    metadata = tuple((k, run.metadata.get(k)) for k in METADATA_KEYS)
-    for task in run.tasks.values():
-        base_task = baseline.tasks.get(task.name) if baseline is not None and not same_run(run, baseline) else None
-        for spec in task.specs:
-            est = estimate(task, spec, alpha)
-            vs = _comparison(task, base_task, spec, baseline.label, alpha) if base_task is not None else None
-            rows.append(MetricRow(
-                run_dir=str(run.path), run_id=run.run_id, label=run.label, model=run.model,
-                checkpoint=run.checkpoint, metadata=metadata, task=task.name, task_version=task.version,
-                metric=spec.name, primary=spec.primary, kind=spec.kind, interval=est.method, value=est.value,
-                ci_low=est.low, ci_high=est.high, scored=est.n, items=task.n, errors=task.errors,
-                scale=spec.scale, higher_is_better=spec.higher_is_better, vs=vs))
-    return rows
-
-
-def _comparison(task: TaskRun, base_task: TaskRun, spec: Any, baseline_label: str, alpha: float) -> Comparison:
-    p = compare(task, base_task, spec, alpha)
-    return Comparison(baseline=baseline_label, delta=p.delta, delta_ci_low=p.low, delta_ci_high=p.high,
-                      p_value=p.p, test=p.test, paired=p.n, worse=p.worse, better=p.better,
-                      significant=bool(p.p < alpha))
-
-
 # -- formatting ----------------------------------------------------------------------------------
 
 def to_markdown(report: Report) -> str:
@@ -172,23 +128,6 @@ def to_markdown(report: Report) -> str:
     if report.plots:
         parts += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report.plots]
     return "\n".join(parts) + "\n"
-
-
-def to_csv(report: Report) -> str:
-    records = [row.record() for row in report.rows]
-    keys = list(dict.fromkeys(k for rec in records for k in rec))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    for rec in records:
-        writer.writerow({k: _csv_value(rec.get(k)) for k in keys})
-    return buf.getvalue()
-
-
-def _csv_value(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return ""
-    return "" if v is None else v
 
 
 def to_json(report: Report) -> str:
