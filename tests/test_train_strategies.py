@@ -42,14 +42,35 @@ def test_mixed_sequential(sources):
     assert first.counts() == {"math": 40, "code": 20} and second.counts() == {"general": 30}
 
 
-def test_dmt_stage_two_replays_round_k_n(sources):
+def test_dmt_stage_two_replays_k_n_rounded_half_up_and_never_zero(sources):
     for k in (1, 1 / 4, 1 / 16, 1 / 64, 1 / 256):
         first, second = S.build("dmt", sources, k=k)
         assert first == S.build("mixed_sequential", sources)[0]
         counts = second.counts()
         assert counts["general"] == 30
-        assert counts.get("math", 0) == round(k * 40) and counts.get("code", 0) == round(k * 20)
+        assert counts["math"] == max(1, int(k * 40 + 0.5)) and counts["code"] == max(1, int(k * 20 + 0.5))
     assert S.build("dmt", sources, k=0.25)[1].counts() == {"general": 30, "math": 10, "code": 5}
+
+
+def test_dmt_rounds_half_up_not_to_even():
+    """round() is banker's rounding: round(2.5) == 2, round(0.5) == 0. One rule: half up."""
+    srcs = {"math": _src("math", 10), "code": _src("code", 2), "general": _src("general", 3)}
+    assert S.build("dmt", srcs, k=0.25)[1].counts() == {"general": 3, "math": 3, "code": 1}  # 2.5 -> 3, 0.5 -> 1
+    assert S.proportion(10, 0.25) == 3 and S.proportion(2, 0.25) == 1 and S.proportion(50, 0.29) == 15
+
+
+def test_a_nonzero_k_never_silently_becomes_mixed_sequential(sources):
+    """k x n below one half (k = 1/256 of 20 code examples) still replays one example, and says so."""
+    stages = S.build("dmt", sources, k=1 / 256)
+    assert stages != S.build("mixed_sequential", sources)
+    assert stages[1].counts() == {"general": 30, "math": 1, "code": 1}
+    notes = " ".join(stages[1].notes)
+    assert "code" in notes and "0.078" in notes and "replaying 1" in notes
+    assert not S.build("dmt", sources, k=0.25)[1].notes and not S.build("dmt", sources, k=0)[1].notes
+
+
+def test_proportion_of_an_empty_source_or_zero_is_zero():
+    assert S.proportion(0, 0.5) == 0 and S.proportion(40, 0) == 0 and S.proportion(40, 1) == 40
 
 
 def test_dmt_k0_is_exactly_mixed_sequential(sources):
@@ -87,3 +108,47 @@ def test_hashes_depend_on_content_only(sources):
 def test_unknown_strategy(sources):
     with pytest.raises(UsageError, match="unknown strategy 'dmtt'; choose from"):
         S.build("dmtt", sources)
+
+
+def test_registry_declares_parameters_and_expands_grid_points():
+    grid = {"k": [0.0, 0.25], "general": "general", "order": ("code", "math"), "single_sources": ("math", "code"),
+            "custom": {"general_first": [["general"], ["math"]]}}
+    assert set(S.REGISTRY) == {"single", "multi_task", "sequential", "mixed_sequential", "dmt", "custom"}
+    dmt = S.variants("dmt", grid)
+    assert [v.label for v in dmt] == ["dmt-k0", "dmt-k0.25"]
+    assert dmt[1].params == {"k": 0.25, "general": "general"} and dmt[1].meta == {"k": 0.25}
+    assert dmt[1].axes == {"x": ("k",), "series": ("strategy",)}
+    single = S.variants("single", grid)
+    assert [(v.label, v.meta) for v in single] == [("single-math", {"source": "math"}), ("single-code", {"source": "code"})]
+    assert single[0].axes == {"x": (), "series": ("strategy", "source")}
+    (cu,) = S.variants("custom", grid)
+    assert cu.label == "custom-general_first" and cu.meta == {"custom": "general_first"}
+    assert cu.params == {"stages": [["general"], ["math"]]}
+    assert [v.params for v in S.variants("sequential", grid)] == [{"order": ("code", "math")}]
+    assert [v.params for v in S.variants("multi_task", grid)] == [{}]
+
+
+def test_build_refuses_a_parameter_the_strategy_does_not_take(sources):
+    with pytest.raises(UsageError, match="strategy 'multi_task' takes no parameters; got k"):
+        S.build("multi_task", sources, k=0.5)
+    with pytest.raises(UsageError, match="strategy 'dmt' takes general, k; got order"):
+        S.build("dmt", sources, k=0.5, order=("code",))
+
+
+def test_a_new_strategy_is_one_decorated_function(sources):
+    @S.strategy("general_only_twice", S.Param("general", "general"))
+    def twice(srcs, general="general"):
+        """The general source, two stages."""
+        return [S.make_stage(general, srcs[general])] * 2
+
+    try:
+        (v,) = S.variants("general_only_twice", {"general": "general"})
+        assert [st.counts() for st in S.build(v.strategy, sources, **v.params)] == [{"general": 30}] * 2
+    finally:
+        del S.REGISTRY["general_only_twice"]
+
+
+def test_fraction_scaling_rounds_by_the_same_rule_and_notes_the_minimum(sources):
+    (mt,) = S.build("multi_task", sources, fractions={"math": 1 / 256, "code": 0.125})  # 0.156 -> 1, 2.5 -> 3
+    assert mt.counts() == {"math": 1, "code": 3, "general": 30}
+    assert any("fraction 0.00390625 of math" in n and "keeping 1" in n for n in mt.notes)

@@ -25,12 +25,12 @@ def _tiny_study() -> dict:
     (lambda d: d.update(epochs=3), "study: unknown key"),
     (lambda d: d["grid"].update(k=[0.5, 2]), r"\[grid\] k: 2 is outside \[0, 1\]"),
     (lambda d: d["grid"].update(fractions=[-0.25]), r"fractions: -0.25 is outside \(0, 1\]"),
-    (lambda d: d["grid"].update(k=["1/0"]), "is not a number"),
+    (lambda d: d["grid"].update(k=["1/0"]), "k: expected a list, each a number or a fraction string"),
     (lambda d: d["grid"].update(strategies=["dmt", "zigzag"]), "unknown strategy 'zigzag'"),
-    (lambda d: d["sources"]["math"].update(fraction=0), r"fraction: 0 is outside \(0, 1\]"),
+    (lambda d: d["sources"]["math"].update(fraction=0), r"fraction: expected a number in \(0, 1\], got 0"),
     (lambda d: d["sources"]["math"].update(colour="red"), r"\[sources.math\]: unknown key\(s\) colour"),
     (lambda d: d["sources"]["math"].update(path="nope.jsonl"), "does not exist"),
-    (lambda d: d["train"].update(lr=-1), "lr must be > 0"),
+    (lambda d: d["train"].update(lr=-1), r"\[train\] lr: expected a number > 0, got -1"),
     (lambda d: d["train"].update(learning_rate=1), r"\[train\]: unknown key\(s\) learning_rate"),
     (lambda d: d["train"]["lora"].update(rank=8), r"\[train.lora\]: unknown key"),
     (lambda d: d["eval"].update(suites=["gsm9k"]), "unknown suite 'gsm9k'"),
@@ -42,6 +42,88 @@ def test_bad_study_fails_before_any_work(tmp_path, edit, message):
     with pytest.raises(UsageError, match=message):
         parse_study(data, EXAMPLES, out=str(tmp_path / "s"))
     assert not (tmp_path / "s").exists()
+
+
+def _set(table: str, **kv):
+    def edit(d):
+        target = d
+        for part in table.split(".") if table else ():
+            target = target.setdefault(part, {})
+        target.update(kv)
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set("", seed="abc"), r"^study seed: expected an integer, got 'abc' \(a string\)$"),
+    (_set("train", epochs="three"), r"^\[train\] epochs: expected a number > 0, got 'three' \(a string\)$"),
+    (_set("train", lr="fast"), r"^\[train\] lr: expected a number > 0, got 'fast' \(a string\)$"),
+    (_set("train", lr=float("nan")), r"^\[train\] lr: expected a number > 0, got nan \(a float\)$"),
+    (_set("train", packing="false"), r"^\[train\] packing: expected a boolean \(true or false\), got 'false'"),
+    (_set("train", lora="yes"), r"^\[train\] lora: expected a boolean \(true or false\) or a table, got 'yes'"),
+    (_set("train.lora", r="8"), r"^\[train.lora\] r: expected an integer >= 1, got '8' \(a string\)$"),
+    # the shared task options ([eval] limit, allow_code_execution) are validated by harness.core.options
+    (_set("eval", limit="5"), r"^\[eval\] limit\b.*an integer >= 1, got '5' \((a )?str"),
+    (_set("eval", limit=1.5), r"^\[eval\] limit\b.*an integer >= 1, got 1.5 \((a )?float"),
+    (_set("eval", limit=float("nan")), r"^\[eval\] limit\b.*an integer >= 1, got nan \((a )?float"),
+    (_set("eval", model_args="dtype=float32"), r"^\[eval\] model_args: expected a table, got 'dtype=float32'"),
+    (_set("eval", allow_code_execution="false"),
+     r"^\[eval\] allow_code_execution\b.*(a boolean|true or false).*, got 'false' \((a )?str"),
+    (_set("eval", every_stage=1), r"^\[eval\] every_stage: expected a boolean \(true or false\), got 1"),
+    (_set("grid", custom=[["math"], ["general"]]), r"^\[grid\] custom: expected a table of named stage lists"),
+    (_set("grid", strategies=[]), r"^\[grid\] strategies: expected a non-empty list of strings, got \[\]"),
+    (_set("grid", strategies="dmt"), r"^\[grid\] strategies: expected a non-empty list of strings, got 'dmt'"),
+    (_set("grid", k=[0.25, "1/4"]), r"^\[grid\] k: '1/4' is given twice \(as 0.25 and '1/4'\)"),
+    (_set("grid", k=[True]), r"^\[grid\] k: expected a list, each a number or a fraction string"),
+    (_set("grid", fractions=[1, 1.0]), r"^\[grid\] fractions: 1.0 is given twice"),
+    (_set("grid", order="math"), r"^\[grid\] order: expected a list of strings, got 'math' \(a string\)$"),
+    (_set("grid", strategies=["dmt", "dmt"]), r"^\[grid\] strategies: 'dmt' is given twice"),
+    (_set("sources.general", filter_keywords="code"),
+     r"^\[sources.general\] filter_keywords: expected a list of strings, got 'code' \(a string\)$"),
+    (_set("sources.math", fraction=float("nan")), r"^\[sources.math\] fraction: expected a number in \(0, 1\]"),
+    (_set("sources.math", count=True), r"^\[sources.math\] count: expected an integer >= 1, got True"),
+    (_set("report", baseline="no-such-run"),
+     r"^\[report\] baseline: .*no-such-run' is not a finished run directory \(no summary.json\)"),
+    (_set("report", plots="no"), r"^\[report\] plots: expected a boolean"),
+])
+def test_study_fields_are_type_checked(tmp_path, edit, message):
+    data = _tiny_study()
+    edit(data)
+    with pytest.raises(UsageError, match=message):
+        parse_study(data, EXAMPLES, out=str(tmp_path / "s"))
+
+
+def test_a_finished_run_is_a_valid_report_baseline(tmp_path):
+    run = tmp_path / "base-run"
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    data = _tiny_study()
+    data["report"]["baseline"] = str(run)
+    assert parse_study(data, EXAMPLES).report["baseline"] == str(run)
+
+
+def test_a_source_left_with_no_examples_is_refused(tmp_path):
+    broken = tmp_path / "broken.json"  # every conversation is one FastChat's rules drop
+    broken.write_text(json.dumps([{"id": "a", "conversations": [{"from": "human", "value": " "}]},
+                                  {"id": "b", "conversations": [{"from": "gpt", "value": "hi"}]}]))
+    data = _tiny_study()
+    data["sources"]["general"]["path"] = str(broken)
+    study = parse_study(data, EXAMPLES)
+    with pytest.raises(UsageError, match=r"^source 'general' has 0 examples left \(2 records, dropped .*empty"):
+        load_sources(study)
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("seed = 1234", 'seed = "abc"', "study seed: expected an integer, got 'abc'"),
+    ("plots = true", 'plots = true\nbaseline = "gone"', "[report] baseline: "),
+    ("max_length = 192", 'max_length = "192"', "[train] max_length: expected an integer >= 8, got '192'"),
+])
+def test_cli_type_errors_exit_2_in_one_line(tmp_path, capsys, old, new, message):
+    text = (EXAMPLES / "tiny_cpu.toml").read_text().replace('path = "', f'path = "{EXAMPLES}/')
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace(old, new))
+    assert main(["study", str(bad), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err and "Traceback" not in err
 
 
 def test_cli_reports_a_bad_study_in_one_line(tmp_path, capsys):
@@ -127,3 +209,28 @@ def test_committed_tiny_study_with_embedded_smollm2(tmp_path):
     assert (tmp_path / "s" / "report" / "report.md").exists()
     again = run_study(load_study(str(EXAMPLES / "tiny_cpu.toml"), out=str(tmp_path / "s")))
     assert (again.trained, again.evaluated) == (0, 0)
+
+
+def test_plan_points_say_which_metadata_fields_are_axes():
+    study = parse_study(_tiny_study(), EXAMPLES)  # every_stage = true, one fraction
+    points = {p.label: p for p in make_plan(study, load_sources(study))}
+    assert points["dmt-k0.25"].axes == {"x": ["k"], "series": ["strategy", "stage"]}
+    assert points["dmt-k0.25"].meta == {"k": 0.25}
+    assert points["sequential"].axes == {"x": [], "series": ["strategy", "stage"]}
+    data = _tiny_study()
+    data["grid"].update(fractions=[1, 0.5], strategies=["dmt"])
+    data["eval"]["every_stage"] = False
+    study = parse_study(data, EXAMPLES)
+    labels = {p.label: p.axes for p in make_plan(study, load_sources(study))}
+    assert labels["dmt-k0.25-f0.5"] == {"x": ["k", "fraction"], "series": ["strategy"]}
+
+
+def test_dry_run_notes_a_k_that_rounds_to_zero(tmp_path, capsys):
+    text = (EXAMPLES / "tiny_cpu.toml").read_text().replace('path = "', f'path = "{EXAMPLES}/')
+    study = tmp_path / "s.toml"
+    study.write_text(text.replace('k = ["1/4", 1]', 'k = ["1/256"]'))
+    assert main(["study", str(study), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "[general+math@0.00390625+code@0.00390625: 26 ex" in out  # 24 general + 1 + 1, never 24 + 0 + 0
+    assert "note: dmt-k0.00390625: dmt k=0.00390625: math: 24 x 0.00390625 = 0.0938 examples rounds to 0; " \
+           "replaying 1" in out

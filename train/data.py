@@ -25,11 +25,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -265,9 +267,31 @@ def convert(records: Iterable[tuple[str, dict[str, Any]]], fmt: str, source: str
 # -- subsampling and filtering ------------------------------------------------------------------
 
 
+def proportion(n: int, x: float) -> int:
+    """How many of ``n`` examples a proportion ``x`` in [0, 1] keeps: the one rounding rule of training.
+
+    ``x * n`` rounded half up (not ``round()``'s half to even: 2.5 -> 3, 0.5 -> 1), and at least
+    one example when ``x > 0`` and ``n > 0``, so a nonzero DMT k or data fraction never silently
+    keeps nothing (DMT k = 1/256 of 20 examples replays 1, not 0; the plan notes it). ``x`` is
+    read as the decimal it was written as (0.29 x 50 = 14.5 -> 15), not its binary float.
+    """
+    if x <= 0 or n <= 0:
+        return 0
+    exact = Fraction(x).limit_denominator(10**9) * n
+    return max(1, math.floor(exact + Fraction(1, 2)))
+
+
+def proportion_note(what: str, n: int, x: float, verb: str = "keeping") -> str | None:
+    """A plan note when :func:`proportion`'s minimum of one overrides rounding to 0, else None."""
+    if x > 0 and n > 0 and x * n < 0.5:
+        return (f"{what}: {n} x {x:g} = {x * n:.3g} examples rounds to 0; {verb} 1 (the minimum for a "
+                f"nonzero proportion, so the effective proportion is {1 / n:.3g})")
+    return None
+
+
 def subsample(convs: Sequence[Conversation], *, fraction: float | None = None, count: int | None = None,
               seed: int = 1234) -> list[Conversation]:
-    """A seeded random subset of ``round(fraction * n)`` or ``count`` items, in their original order.
+    """A seeded random subset of ``proportion(n, fraction)`` or ``count`` items, in their original order.
 
     The same (data, size, seed) always gives the same subset, so stage hashes are stable.
     """
@@ -277,7 +301,7 @@ def subsample(convs: Sequence[Conversation], *, fraction: float | None = None, c
     if fraction is not None:
         if not 0 <= fraction <= 1:
             raise UsageError(f"fraction must be in [0, 1], got {fraction}")
-        count = round(fraction * n)
+        count = proportion(n, fraction)
     if count is None:
         return list(convs)
     if count < 0:

@@ -35,25 +35,43 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import UsageError
+from harness.train import schema as S
 from harness.train.data import FORMATS, Conversation, SourceSpec
 from harness.train.strategies import PAPER_ORDER, STRATEGIES, Stage
 
 log = logging.getLogger("harness")
 
-TOP_KEYS = {"name", "base_model", "out", "seed", "sources", "grid", "train", "eval", "report"}
-SOURCE_KEYS = {"path", "format", "split", "fraction", "count", "filter_keywords"}
-GRID_KEYS = {"strategies", "order", "general", "k", "fractions", "single_sources", "custom"}
-EVAL_KEYS = {"suites", "every_stage", "include_base", "backend", "model_args", "judge", "judge_args",
-             "judge_base_url", "judge_concurrency", "concurrency", "limit", "seed", "max_tokens", "num_fewshot",
-             "gsm8k_data", "humaneval_mode", "n", "temperature", "allow_code_execution", "exec_timeout",
-             "exec_workers", "judge_repeats"}
-REPORT_KEYS = {"formats", "plots", "baseline"}
-LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
+# Every key of every table with its type (harness.train.schema): a study is checked before any work.
+TOP = {"name": S.STR, "base_model": S.STR, "out": S.STR, "seed": S.INT, "sources": S.TABLE, "grid": S.TABLE,
+       "train": S.TABLE, "eval": S.TABLE, "report": S.TABLE}
+SOURCE = {"path": S.STR, "format": S.one_of(*FORMATS), "split": S.STR, "fraction": S.number_in(0, 1, low_open=True),
+          "count": S.int_at_least(1), "filter_keywords": S.list_of(S.STR)}
+GRID = {"strategies": S.list_of(S.STR, nonempty=True), "order": S.list_of(S.STR), "general": S.STR,
+        "k": S.list_of(S.RATIO), "fractions": S.list_of(S.RATIO), "single_sources": S.list_of(S.STR),
+        "custom": S.Kind("a table of named stage lists ([grid.custom] name = [[\"math\", \"code@0.5\"], "
+                         "[\"general\"]])",
+                         lambda v: isinstance(v, dict) and all(S.list_of(S.list_of(S.STR)).ok(x) for x in v.values()))}
+TRAIN = {"epochs": S.number_in(0, low_open=True), "lr": S.number_in(0, low_open=True),
+         "warmup_ratio": S.number_in(0, 1, high_open=True), "scheduler": S.STR, "batch_size": S.int_at_least(1),
+         "grad_accum": S.int_at_least(1), "max_length": S.int_at_least(8), "packing": S.BOOL,
+         "lora": S.either(S.BOOL, S.TABLE), "dtype": S.one_of("bf16", "fp32"), "max_steps": S.INT,
+         "weight_decay": S.number_in(0), "seed": S.INT, "chat_template": S.STR, "gradient_checkpointing": S.BOOL,
+         "logging_steps": S.int_at_least(1), "trainer_args": S.TABLE}
+LORA = {"r": S.int_at_least(1), "alpha": S.number_in(0, low_open=True), "dropout": S.number_in(0, 1, high_open=True),
+        "target_modules": S.either(S.STR, S.list_of(S.STR))}
+# The evaluation keys: the EvalSpec fields, then the task options (harness.run.runner.TaskOptions).
+EVAL = {"suites": S.list_of(S.STR, nonempty=True), "every_stage": S.BOOL, "include_base": S.BOOL,
+        "backend": S.one_of("hf", "vllm", "auto"), "model_args": S.TABLE, "judge": S.STR, "judge_args": S.STR,
+        "judge_base_url": S.STR, "judge_concurrency": S.int_at_least(1), "concurrency": S.int_at_least(1),
+        "limit": S.int_at_least(1), "seed": S.INT, "max_tokens": S.int_at_least(1), "num_fewshot": S.int_at_least(0),
+        "gsm8k_data": S.STR, "humaneval_mode": S.STR, "n": S.int_at_least(1), "temperature": S.number_in(0),
+        "allow_code_execution": S.BOOL, "exec_timeout": S.number_in(0, low_open=True),
+        "exec_workers": S.int_at_least(1), "judge_repeats": S.int_at_least(1)}
+REPORT = {"formats": S.list_of(S.STR), "plots": S.BOOL, "baseline": S.STR}
 
 
 @dataclass(frozen=True)
@@ -88,57 +106,40 @@ class Study:
 class GridPoint:
     label: str
     strategy: str
-    k: float | None
     fraction: float
     stages: tuple[Stage, ...]
-    source: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # what the strategy's swept parameter fixes: k, source
+    axes: dict[str, list[str]] = field(default_factory=dict)  # metadata fields readers plot: {"x", "series"}
+
+    @property
+    def k(self) -> float | None:
+        return self.meta.get("k")
+
+    @property
+    def source(self) -> str | None:
+        return self.meta.get("source")
+
+    @property
+    def notes(self) -> list[str]:
+        return [n for s in self.stages for n in s.notes]
 
 
 # -- parsing and validation ---------------------------------------------------------------------
 
 
-def _keys(table: Any, allowed: set[str], where: str) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise UsageError(f"{where} must be a table, got {type(table).__name__}")
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    return table
-
-
-def _number(value: Any, where: str, low: float, high: float, low_open: bool = False) -> float:
-    """A number or a fraction string like "1/256", checked against [low, high]."""
-    try:
-        x = float(Fraction(value)) if isinstance(value, str) else float(value)
-    except (ValueError, ZeroDivisionError, TypeError):
-        raise UsageError(f"{where}: {value!r} is not a number (write 0.25 or \"1/4\")") from None
-    if x > high or x < low or (low_open and x == low):
-        raise UsageError(f"{where}: {value!r} is outside {'(' if low_open else '['}{low:g}, {high:g}]")
-    return x
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if isinstance(value, str | int | float):
-        return [value]
-    if not isinstance(value, list):
-        raise UsageError(f"{where} must be a list")
-    return value
-
-
 def parse_study(data: dict[str, Any], base_dir: Path, out: str | None = None) -> Study:
     """Validate a parsed TOML study; relative data paths are relative to ``base_dir``."""
-    _keys(data, TOP_KEYS, "study")
+    S.check_table(data, TOP, "study")
     for key in ("name", "base_model", "sources", "eval"):
         if key not in data:
             raise UsageError(f"study: missing required key {key!r} (see train/examples/tiny_cpu.toml)")
-    seed = int(data.get("seed", 1234))
-    sources = tuple(_parse_source(n, t, base_dir, seed) for n, t in _keys(data["sources"], set(data["sources"]),
-                                                                         "[sources]").items())
+    seed = data.get("seed", 1234)
+    sources = tuple(_parse_source(n, t, base_dir, seed) for n, t in data["sources"].items())
     if not sources:
         raise UsageError("[sources] defines no source; add e.g. [sources.math] path = \"gsm8k.jsonl\" format = \"gsm8k\"")
-    grid = _parse_grid(data.get("grid", {}), {s.name for s in sources})
-    name = str(data["name"])
-    return Study(name=name, base_model=str(data["base_model"]),
+    grid = _parse_grid(data.get("grid", {}), [s.name for s in sources])
+    name = data["name"]
+    return Study(name=name, base_model=data["base_model"],
                  out=Path(out or data.get("out") or f"studies/{name}"), seed=seed, sources=sources, grid=grid,
                  train=_parse_train(data.get("train", {}), seed), eval=_parse_eval(data["eval"]),
                  report=_parse_report(data.get("report", {}), base_dir))
@@ -146,47 +147,54 @@ def parse_study(data: dict[str, Any], base_dir: Path, out: str | None = None) ->
 
 def _parse_source(name: str, t: Any, base_dir: Path, seed: int) -> SourceSpec:
     where = f"[sources.{name}]"
-    t = _keys(t, SOURCE_KEYS, where)
+    t = S.check_table(t, SOURCE, where)
     if "path" not in t or "format" not in t:
         raise UsageError(f"{where}: needs path and format (one of {', '.join(FORMATS)})")
-    if t["format"] not in FORMATS:
-        raise UsageError(f"{where}: unknown format {t['format']!r}; choose from: {', '.join(FORMATS)}")
-    path = str(t["path"])
+    path = t["path"]
     local = Path(path).expanduser() if Path(path).expanduser().is_absolute() else base_dir / path
     if local.exists():
         path = str(local)
     elif not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or path.endswith((".json", ".jsonl", ".gz", ".parquet")):
         raise UsageError(f"{where}: data file {str(local)!r} does not exist (and {path!r} is not a hub dataset id)")
-    fraction = _number(t["fraction"], f"{where} fraction", 0, 1, low_open=True) if "fraction" in t else None
-    count = t.get("count")
-    if count is not None and (not isinstance(count, int) or count < 1):
-        raise UsageError(f"{where} count: expected a positive integer, got {count!r}")
-    return SourceSpec(name=name, path=path, format=t["format"], split=str(t.get("split", "train")), fraction=fraction,
-                      count=count, filter_keywords=tuple(t.get("filter_keywords", ())), seed=seed)
+    return SourceSpec(name=name, path=path, format=t["format"], split=t.get("split", "train"),
+                      fraction=t.get("fraction"), count=t.get("count"),
+                      filter_keywords=tuple(t.get("filter_keywords", ())), seed=seed)
 
 
-def _parse_grid(t: Any, names: set[str]) -> dict[str, Any]:
-    t = _keys(t, GRID_KEYS, "[grid]")
-    strategies = [str(s) for s in _list(t.get("strategies", ["multi_task"]), "[grid] strategies")]
+def _ratios(values: list[Any], key: str, low_open: bool) -> list[float]:
+    """k or fractions: numbers or "1/4" strings in [0, 1] (or (0, 1]), each once."""
+    out = [S.ratio(v) for v in values]
+    for v, x in zip(values, out, strict=True):
+        if x is None or x > 1 or x < 0 or (low_open and x == 0):
+            raise UsageError(f"[grid] {key}: {v!r} is outside {'(' if low_open else '['}0, 1]")
+    S.no_duplicates(out, "[grid]", key, values)
+    return out  # type: ignore[return-value]
+
+
+def _parse_grid(t: Any, names: list[str]) -> dict[str, Any]:
+    t = S.check_table(t, GRID, "[grid]")
+    strategies = t.get("strategies", ["multi_task"])
     for s in strategies:
         if s not in STRATEGIES:
             raise UsageError(f"[grid] strategies: unknown strategy {s!r}; choose from: {', '.join(STRATEGIES)}")
+    S.no_duplicates(strategies, "[grid]", "strategies")
     order = tuple(t.get("order", [n for n in PAPER_ORDER if n in names] or sorted(names)))
-    general = str(t.get("general", "general"))
+    general = t.get("general", "general")
     single = tuple(t.get("single_sources", sorted(names)))
     custom = t.get("custom", {})
+    for key, values in (("order", order), ("single_sources", single)):
+        S.no_duplicates(list(values), "[grid]", key)
     if "custom" in strategies and not custom:
         raise UsageError("[grid] strategies has 'custom' but [grid.custom] defines no stage list; "
                          "example: [grid.custom] general_first = [[\"general\"], [\"math\", \"code\"]]")
-    referenced = set(order) | set(single) | {i.split("@")[0] for st in custom.values() for s in st for i in s}
-    if any(s in strategies for s in ("mixed_sequential", "dmt")):
-        referenced.add(general)
-    missing = sorted(referenced - names) if strategies != ["multi_task"] else []
+    uses = {"sequential": set(order), "single": set(single), "mixed_sequential": {general}, "dmt": {general},
+            "custom": {i.split("@")[0] for st in custom.values() for s in st for i in s}}
+    referenced = set().union(*(uses.get(s, set()) for s in strategies))
+    missing = sorted(referenced - set(names))
     if missing:
         raise UsageError(f"[grid] names sources {missing} that [sources] does not define ({', '.join(sorted(names))})")
-    k = [_number(v, "[grid] k", 0, 1) for v in _list(t.get("k", [0]), "[grid] k")]
-    fractions = [_number(v, "[grid] fractions", 0, 1, low_open=True) for v in _list(t.get("fractions", [1]),
-                                                                                        "[grid] fractions")]
+    k = _ratios(t.get("k", [0]), "k", low_open=False)
+    fractions = _ratios(t.get("fractions", [1]), "fractions", low_open=True)
     return {"strategies": strategies, "order": order, "general": general, "k": k, "fractions": fractions,
             "single_sources": single, "custom": custom}
 
@@ -194,61 +202,46 @@ def _parse_grid(t: Any, names: set[str]) -> dict[str, Any]:
 def _parse_train(t: Any, seed: int) -> Any:
     from harness.train.sft import LoraOptions, TrainConfig
 
-    allowed = {f.name for f in fields(TrainConfig)}
-    t = dict(_keys(t, allowed, "[train]"))
+    t = dict(S.check_table(t, TRAIN, "[train]"))
     lora = t.pop("lora", None)
     if isinstance(lora, dict):
-        lora = _keys(lora, LORA_KEYS, "[train.lora]")
-        if "target_modules" in lora and not isinstance(lora["target_modules"], str):
-            lora = {**lora, "target_modules": tuple(lora["target_modules"])}
+        lora = dict(S.check_table(lora, LORA, "[train.lora]"))
+        if isinstance(lora.get("target_modules"), list):
+            lora["target_modules"] = tuple(lora["target_modules"])
         lora = LoraOptions(**lora)
     elif lora is True:
         lora = LoraOptions()
-    elif lora not in (None, False):
-        raise UsageError("[train] lora: expected true/false or a table [train.lora] with r, alpha, dropout")
     cfg = TrainConfig(**{"seed": seed, **t, "lora": lora or None})
-    _check_train(cfg)
-    return cfg
-
-
-def _check_train(cfg: Any) -> None:
-    checks = [(cfg.epochs > 0, "epochs must be > 0"), (cfg.lr > 0, "lr must be > 0"),
-              (0 <= cfg.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-              (cfg.batch_size >= 1 and cfg.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
-              (cfg.max_length >= 8, "max_length must be >= 8 tokens"),
-              (cfg.dtype in ("bf16", "fp32"), f"dtype must be bf16 or fp32, got {cfg.dtype!r}"),
-              (cfg.logging_steps >= 1, "logging_steps must be >= 1")]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(f"[train] {message}")
     if cfg.chat_template is not None:
         from harness.train.sft import template_text
         template_text(cfg.chat_template)
+    return cfg
 
 
 def _parse_eval(t: Any) -> EvalSpec:
     from harness.tasks import resolve_suites
 
-    t = dict(_keys(t, EVAL_KEYS, "[eval]"))
+    t = dict(S.check_table(t, EVAL, "[eval]", hints={"model_args": " (e.g. model_args = { dtype = \"float32\" })"}))
     suites = t.pop("suites", None)
     if suites is None:
         raise UsageError("[eval] needs suites, e.g. suites = [\"gsm8k\"]")
-    suites = resolve_suites(",".join(_list(suites, "[eval] suites")))
-    if t.get("limit") is not None and t["limit"] <= 0:
-        raise UsageError(f"[eval] limit must be a positive number of items, got {t['limit']}")
-    if t.get("backend", "hf") not in ("hf", "vllm", "auto"):
-        raise UsageError(f"[eval] backend must be hf, vllm or auto, got {t['backend']!r}")
+    suites = resolve_suites(",".join(suites))
     spec_keys = {f.name for f in fields(EvalSpec)} - {"suites", "options"}
     options = {k: v for k, v in t.items() if k not in spec_keys}
     return EvalSpec(suites=suites, options=options, **{k: v for k, v in t.items() if k in spec_keys})
 
 
 def _parse_report(t: Any, base_dir: Path) -> dict[str, Any]:
-    t = _keys(t, REPORT_KEYS, "[report]")
-    formats = tuple(_list(t.get("formats", ["md", "html"]), "[report] formats"))
+    t = S.check_table(t, REPORT, "[report]")
     baseline = t.get("baseline")
-    return {"formats": formats, "plots": bool(t.get("plots", True)),
-            "baseline": str(base_dir / baseline) if baseline else None}
+    if baseline is not None:
+        path = Path(baseline).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if not (path / "summary.json").is_file():
+            raise UsageError(f"[report] baseline: {str(path)!r} is not a finished run directory (no summary.json); "
+                             "pass a directory written by harness run, or leave baseline out")
+        baseline = str(path)
+    return {"formats": tuple(t.get("formats", ["md", "html"])), "plots": t.get("plots", True), "baseline": baseline}
 
 
 def load_study(path: str, out: str | None = None) -> Study:
@@ -268,6 +261,7 @@ def load_study(path: str, out: str | None = None) -> Study:
 
 
 def load_sources(study: Study) -> dict[str, list[Conversation]]:
+    """Every source's conversations; a source left with no example is refused before any training."""
     from harness.train.data import load_source
 
     out = {}
@@ -275,38 +269,42 @@ def load_sources(study: Study) -> dict[str, list[Conversation]]:
         convs, st = load_source(spec)
         log.info("source %s: %d records, %d kept, dropped %s, keyword-filtered %d", st.name, st.records, st.kept,
                  st.dropped or "none", st.filtered)
+        if not convs:
+            raise UsageError(f"source {spec.name!r} has 0 examples left ({st.records} records, dropped "
+                             f"{st.dropped or 'none'}, {st.filtered} keyword-filtered); check its file and "
+                             "loosen filter_keywords")
         out[spec.name] = convs
     return out
 
 
 def make_plan(study: Study, sources: dict[str, list[Conversation]]) -> list[GridPoint]:
-    from harness.train.strategies import build
+    """Every grid point: each strategy's variants (harness.train.strategies.variants) at each fraction."""
+    from harness.train.strategies import build, variants
 
     g, points = study.grid, []
+    scaling = len(g["fractions"]) > 1
     for f in g["fractions"]:
-        tag = "" if len(g["fractions"]) == 1 and f == 1 else f"-f{f:g}"
-        fractions = dict.fromkeys(sources, f)
-        common = {"fractions": fractions, "seed": study.seed, "order": g["order"], "general": g["general"]}
+        tag = "" if not scaling and f == 1 else f"-f{f:g}"
         for s in g["strategies"]:
-            if s == "single":
-                points += [GridPoint(f"single-{n}{tag}", s, None, f, tuple(build(s, sources, source=n, **common)), n)
-                           for n in g["single_sources"]]
-            elif s == "dmt":
-                points += [GridPoint(f"dmt-k{k:g}{tag}", s, k, f, tuple(build(s, sources, k=k, **common)))
-                           for k in g["k"]]
-            elif s == "custom":
-                points += [GridPoint(f"custom-{name}{tag}", s, None, f,
-                                     tuple(build(s, sources, stages=stages, **common)))
-                           for name, stages in g["custom"].items()]
-            else:
-                points.append(GridPoint(f"{s}{tag}", s, None, f, tuple(build(s, sources, **common))))
+            for v in variants(s, g):
+                stages = build(s, sources, fractions=dict.fromkeys(sources, f), seed=study.seed, **v.params)
+                axes = {"x": [*v.axes["x"], *(["fraction"] if scaling else [])],
+                        "series": [*v.axes["series"], *(["stage"] if study.eval.every_stage else [])]}
+                points.append(GridPoint(f"{v.label}{tag}", s, f, tuple(stages), v.meta, axes))
     return points
+
+
+def plan_notes(points: list[GridPoint]) -> list[str]:
+    """Warnings the plan carries (a proportion rounded up to one example), each once."""
+    return list(dict.fromkeys(f"{p.label}: {n}" for p in points for n in p.notes))
 
 
 def print_plan(points: list[GridPoint]) -> None:
     for p in points:
         stages = " -> ".join(f"[{s.name}: {sum(s.counts().values())} ex, {s.sha256[:8]}]" for s in p.stages)
         print(f"{p.label:28s} {stages}")
+    for note in plan_notes(points):
+        print(f"note: {note}")
 
 
 # -- base model, training, evaluation -----------------------------------------------------------
@@ -340,7 +338,7 @@ def train_all(study: Study, points: list[GridPoint], base: Any) -> dict[str, lis
     out = {}
     for p in points:
         meta = {"study": study.name, "label": p.label, "strategy": p.strategy, "k": p.k, "fraction": p.fraction,
-                "source": p.source}
+                "source": p.source, **p.meta}
         out[p.label] = train_stages(list(p.stages), study.train, base, root, meta)
     return out
 
@@ -377,7 +375,8 @@ def evaluations(study: Study, points: list[GridPoint], ckpts: dict[str, list[Any
     cfgs = []
     if study.eval.include_base:
         cfgs.append(run_config(study, base.path, {"study": study.name, "label": "base", "strategy": "base", "k": None,
-                                                  "fraction": None, "stage": 0, "n_stages": 0}))
+                                                  "fraction": None, "stage": 0, "n_stages": 0,
+                                                  "axes": {"x": [], "series": ["strategy"]}}))
     for p in points:
         results = ckpts[p.label]
         chosen = range(len(results)) if study.eval.every_stage else [len(results) - 1]
@@ -385,8 +384,9 @@ def evaluations(study: Study, points: list[GridPoint], ckpts: dict[str, list[Any
             label = p.label if i == len(results) - 1 else f"{p.label}-stage{i + 1}"
             cfgs.append(run_config(study, str(results[i].path), {
                 "study": study.name, "label": label, "strategy": p.strategy, "k": p.k, "fraction": p.fraction,
-                "source": p.source, "stage": i + 1, "n_stages": len(results), "stage_name": p.stages[i].name,
-                "final": i == len(results) - 1, "checkpoint": results[i].manifest.get("identity")}))
+                "source": p.source, **p.meta, "stage": i + 1, "n_stages": len(results),
+                "stage_name": p.stages[i].name, "final": i == len(results) - 1,
+                "checkpoint": results[i].manifest.get("identity"), "axes": p.axes}))
     return cfgs
 
 
@@ -405,15 +405,23 @@ def evaluate_all(cfgs: list[Any]) -> tuple[list[Path], int]:
     return run_dirs, ran
 
 
-def write_study_report(study: Study, run_dirs: list[Path]) -> str:
+def write_study_report(study: Study, run_dirs: list[Path], notes: list[str] = ()) -> str:
+    """The comparison report, with the plan's notes (proportions rounded up to one example) at the end."""
     try:
         from harness.readout.report import write_report
     except ImportError:
         raise UsageError("harness.readout.report.write_report is not available in this install; the evaluations are "
                          f"finished under {study.out / 'runs'}; rerun `harness study` once it is") from None
     r = study.report
-    return write_report(run_dirs, study.out / "report", baseline=Path(r["baseline"]) if r["baseline"] else None,
+    text = write_report(run_dirs, study.out / "report", baseline=Path(r["baseline"]) if r["baseline"] else None,
                         formats=r["formats"], plots=r["plots"])
+    if not notes:
+        return text
+    section = "\n## Plan notes\n\n" + "".join(f"- {n}\n" for n in notes)
+    md = study.out / "report" / "report.md"
+    if md.exists():
+        md.write_text(md.read_text(encoding="utf-8").rstrip("\n") + "\n" + section, encoding="utf-8")
+    return text.rstrip("\n") + "\n" + section
 
 
 @dataclass(frozen=True)
@@ -430,6 +438,8 @@ def run_study(study: Study, dry_run: bool = False, train_only: bool = False) -> 
     points = make_plan(study, load_sources(study))
     log.info("plan: %d grid points, %d stages (%.1f s)", len(points), sum(len(p.stages) for p in points),
              time.monotonic() - t0)
+    for note in plan_notes(points):
+        log.warning("plan: %s", note)
     if dry_run:
         print_plan(points)
         return StudyOutcome(0, 0, ())
@@ -440,7 +450,7 @@ def run_study(study: Study, dry_run: bool = False, train_only: bool = False) -> 
         return StudyOutcome(trained, 0, ())
     run_dirs, evaluated = evaluate_all(evaluations(study, points, ckpts, base))
     _write_index(study, points, ckpts, run_dirs)
-    print(write_study_report(study, run_dirs))
+    print(write_study_report(study, run_dirs, plan_notes(points)))
     log.info("study %s: %d stages trained, %d runs evaluated, report in %s (%.1f s)", study.name, trained,
              evaluated, study.out / "report", time.monotonic() - t0)
     return StudyOutcome(trained, evaluated, tuple(run_dirs))
@@ -451,7 +461,8 @@ def _write_index(study: Study, points: list[GridPoint], ckpts: dict[str, list[An
 
     write_json_atomic(study.out / "study.json", {
         "name": study.name, "base_model": study.base_model, "train": asdict(study.train),
-        "points": [{"label": p.label, "strategy": p.strategy, "k": p.k, "fraction": p.fraction,
+        "notes": plan_notes(points),
+        "points": [{"label": p.label, "strategy": p.strategy, "k": p.k, "fraction": p.fraction, **p.meta,
                     "stages": [{"name": s.name, "counts": s.counts(), "sha256": s.sha256,
                                 "checkpoint": str(r.path)} for s, r in zip(p.stages, ckpts[p.label], strict=True)]}
                    for p in points],
