@@ -45,7 +45,8 @@ def test_baseline_shows_deltas_and_paired_test(tmp_path, capsys):
     assert code == 0
     assert "| a (baseline) |" in out  # the baseline is added as the first row
     assert "Δ −15.0* (p<0.001)" in out
-    assert "| b | gsm8k strict | 30.0 | 15.0 | −15.0 | [−20.6, −10.7] | McNemar exact | p<0.001 | 200 | 30 / 0 | yes |" in out
+    assert ("| b | gsm8k strict | 30.0 | 15.0 | −15.0 | [−20.6, −10.7] | Tango score | p<0.001 | p<0.001 | 200 items "
+            "| 30 / 0 | 7.6 | yes |") in out
 
 
 def test_paired_numbers_by_hand(tmp_path):
@@ -55,7 +56,9 @@ def test_paired_numbers_by_hand(tmp_path):
     spec = a.tasks["gsm8k"].specs[0]
     p = compare(b.tasks["gsm8k"], a.tasks["gsm8k"], spec)
     assert (p.worse, p.better, p.n, p.delta) == (1, 2, 4, 25.0)
-    assert p.p == 1.0  # binomial test of 1 vs 2 discordant pairs
+    assert p.p_exact == 1.0  # binomial test of 1 vs 2 discordant pairs
+    assert p.p == pytest.approx(math.erfc(1 / math.sqrt(3) / math.sqrt(2)))  # score test: z = (1 - 2) / sqrt(3)
+    assert not p.significant
     assert p.low < 0 < 25 < p.high
 
 
@@ -117,11 +120,11 @@ def test_csv_and_json_outputs_parse(tmp_path):
     assert len(rows) == 4  # 2 runs x 2 metrics
     strict_b = next(r for r in rows if r["label"] == "b" and r["metric"] == "strict")
     assert float(strict_b["value"]) == 15.0 and float(strict_b["delta"]) == -15.0
-    assert strict_b["significant"] == "True" and strict_b["test"] == "McNemar exact" and strict_b["k"] == "0"
+    assert strict_b["significant"] == "True" and strict_b["test"] == "Tango score" and strict_b["k"] == "0"
     doc = json.loads((out / "report.json").read_text())
     assert [r["label"] for r in doc["runs"]] == ["a", "b"]
     row = next(r for r in doc["rows"] if r["label"] == "b" and r["metric"] == "strict")
-    assert row["worse"] == 30 and row["better"] == 0 and math.isclose(row["p_value"], 2 * 0.5**30)
+    assert row["worse"] == 30 and row["better"] == 0 and math.isclose(row["p_exact"], 2 * 0.5**30)
 
 
 def test_write_run_report_writes_report_md(tmp_path):

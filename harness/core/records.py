@@ -128,6 +128,13 @@ class MetricSpec:
     samples file alone. ``kind`` is ``binary`` (0/1 per item: Wilson interval,
     exact McNemar) or ``continuous`` (normal interval, paired bootstrap).
     ``scale`` maps the mean to the reported unit (100 for percent).
+
+    ``unit`` names what one item is, the unit that was sampled (``question``,
+    ``problem``): standard errors and paired tests treat units as independent
+    and whatever nests inside one (turns, samples) as correlated. ``weight``,
+    when set, names the per-item score holding how many rows the item's value
+    averages (MT-Bench: judged turns), so the metric is the mean over rows
+    pooled, with standard errors clustered on the item (harness.core.stats).
     """
 
     name: str
@@ -136,6 +143,8 @@ class MetricSpec:
     scale: float = 100.0
     primary: bool = False
     higher_is_better: bool = True
+    unit: str = "item"
+    weight: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

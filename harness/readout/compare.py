@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,17 @@ from harness.core.stats import (
     Z95,
     bootstrap_means,
     bootstrap_p_two_sided,
+    bootstrap_weighted_diffs,
     mcnemar_exact,
+    mde_paired_binary,
+    mde_paired_mean,
     mean_stderr,
     normal_interval,
     normal_ppf,
     percentile,
     tango_interval,
+    tango_p_two_sided,
+    weighted_mean_stderr,
     wilson_interval,
 )
 
@@ -73,7 +79,7 @@ class Estimate:
     low: float
     high: float
     n: int  # items that carry this score
-    method: str  # "wilson" | "normal"
+    method: str  # "wilson" | "normal" | "clustered" (pooled rows, SE clustered on the item)
 
 
 @dataclass(frozen=True)
@@ -83,11 +89,15 @@ class Paired:
     delta: float
     low: float
     high: float
-    p: float  # two-sided, H0: no difference
-    test: str  # "McNemar exact" | "paired bootstrap"
-    n: int  # paired items
+    p: float  # two-sided, H0: no difference, from the test whose interval [low, high] is shown
+    test: str  # "Tango score" | "paired bootstrap" | "paired cluster bootstrap"
+    n: int  # paired units (spec.unit)
     worse: int | None = None  # binary: items right in the baseline, wrong now
     better: int | None = None  # binary: wrong in the baseline, right now
+    p_exact: float | None = None  # binary: the exact McNemar p-value, two-sided
+    significant: bool = False  # p < alpha, and for 0/1 scores the exact McNemar test rejects too (as the gate)
+    mde: float = math.nan  # |delta| detectable with 80% power by this two-sided test at alpha, reported units
+    unit: str = "item"  # what was sampled: the unit the interval and the test treat as independent
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -224,6 +234,13 @@ def values(task: TaskRun, spec: MetricSpec) -> dict[str, float]:
     return {item: s[spec.key] for item, s in task.scores.items() if spec.key in s}
 
 
+def weights(task: TaskRun, spec: MetricSpec) -> dict[str, float]:
+    """Rows each item's value averages (``spec.weight``), 1 per item for an unweighted metric."""
+    if spec.weight is None:
+        return {item: 1.0 for item in values(task, spec)}
+    return {item: s.get(spec.weight, 1.0) for item, s in task.scores.items() if spec.key in s}
+
+
 def is_binary(vals: list[float]) -> bool:
     return all(v in (0.0, 1.0) for v in vals)
 
@@ -238,6 +255,10 @@ def estimate(task: TaskRun, spec: MetricSpec, alpha: float = 0.05) -> Estimate:
     z = Z95 if alpha == 0.05 else normal_ppf(1 - alpha / 2)
     if not vals:
         return Estimate(math.nan, math.nan, math.nan, 0, "none")
+    if spec.weight is not None:  # rows pooled over items, SE clustered on the item
+        mean, se = weighted_mean_stderr(vals, list(weights(task, spec).values()))
+        lo, hi = normal_interval(mean, se, z) if math.isfinite(se) else (math.nan, math.nan)
+        return Estimate(mean * spec.scale, lo * spec.scale, hi * spec.scale, len(vals), "clustered")
     if spec.kind == "binary" and is_binary(vals):
         lo, hi = wilson_interval(sum(vals), len(vals), z)
         mean, method = sum(vals) / len(vals), "wilson"
@@ -255,29 +276,63 @@ def paired_values(new: TaskRun, base: TaskRun, spec: MetricSpec) -> tuple[list[f
     return [a[i] for i in shared], [b[i] for i in shared]
 
 
-def compare(new: TaskRun, base: TaskRun, spec: MetricSpec, alpha: float = 0.05) -> Paired:
-    """Paired comparison ``new - baseline`` with a (1 - alpha) interval and a two-sided p-value.
+def paired_units(new: TaskRun, base: TaskRun, spec: MetricSpec) -> tuple[list[float], list[float], list[float],
+                                                                          list[float]]:
+    """Baseline values and weights, new values and weights, on the units both runs scored, matched by id."""
+    a, b, wa, wb = values(base, spec), values(new, spec), weights(base, spec), weights(new, spec)
+    shared = sorted(a.keys() & b.keys())
+    return [a[i] for i in shared], [wa[i] for i in shared], [b[i] for i in shared], [wb[i] for i in shared]
 
-    0/1 scores: exact McNemar p-value and Tango's score interval for the
-    difference in accuracy. Other scores: paired bootstrap (items resampled,
-    fixed seed), percentile interval and the p-value that inverts it. Like
-    any bootstrap it is optimistic on very few items (under ~20): the
-    resampled spread is the sample's, which underestimates the population's.
+
+def compare(new: TaskRun, base: TaskRun, spec: MetricSpec, alpha: float = 0.05) -> Paired:
+    """Paired comparison ``new - baseline`` with a (1 - alpha) interval and the two-sided p-value of the same test.
+
+    0/1 scores: Tango's score interval for the difference in accuracy and the
+    p-value of that score test (so the interval excludes 0 exactly when
+    p < alpha), with the exact McNemar p-value beside it; ``significant``
+    needs both, the rule the gate uses. Other scores: paired bootstrap (units
+    resampled, fixed seed), percentile interval and the p-value that inverts
+    it; for a weighted metric the pooled means are recomputed per resample
+    (the cluster bootstrap). Like any bootstrap it is optimistic on very few
+    units (under ~20): the resampled spread is the sample's.
     """
-    x, y = paired_values(new, base, spec)
-    n = len(x)
+    x, wx, y, wy = paired_units(new, base, spec)
+    n, s = len(x), spec.scale
     if n == 0:
-        return Paired(math.nan, math.nan, math.nan, math.nan, "none", 0)
-    if spec.kind == "binary" and is_binary(x) and is_binary(y):
+        return Paired(math.nan, math.nan, math.nan, math.nan, "none", 0, unit=spec.unit)
+    if spec.kind == "binary" and spec.weight is None and is_binary(x) and is_binary(y):
         worse = sum(1 for a, b in zip(x, y, strict=True) if a > b)
         better = sum(1 for a, b in zip(x, y, strict=True) if a < b)
         lo, hi = tango_interval(worse, better, n, 1 - alpha)  # interval of the drop (worse - better) / n
-        s = spec.scale
-        return Paired((better - worse) / n * s, -hi * s, -lo * s, mcnemar_exact(worse, better),
-                      "McNemar exact", n, worse, better)
-    diffs = [(b - a) * spec.scale for a, b in zip(x, y, strict=True)]
-    if n < 2:  # one item: resampling it says nothing about noise
-        return Paired(diffs[0], math.nan, math.nan, math.nan, "paired bootstrap", n)
-    boot = sorted(bootstrap_means(diffs))
-    return Paired(sum(diffs) / n, percentile(boot, alpha / 2), percentile(boot, 1 - alpha / 2),
-                  bootstrap_p_two_sided(boot), "paired bootstrap", n)
+        p, p_exact = tango_p_two_sided(worse, better, n), mcnemar_exact(worse, better)
+        return Paired((better - worse) / n * s, -hi * s, -lo * s, p, "Tango score", n, worse, better,
+                      p_exact=p_exact, significant=p < alpha and p_exact < alpha,
+                      mde=mde_paired_binary(n, (worse + better) / n, alpha, sided=2) * s, unit=spec.unit)
+    delta = (_pooled(y, wy) - _pooled(x, wx)) * s
+    test = "paired cluster bootstrap" if spec.weight is not None else "paired bootstrap"
+    if n < 2:  # one unit: resampling it says nothing about noise
+        return Paired(delta, math.nan, math.nan, math.nan, test, n, unit=spec.unit)
+    if spec.weight is None:
+        boot = sorted(bootstrap_means([(b - a) * s for a, b in zip(x, y, strict=True)]))
+    else:
+        boot = sorted(d * s for d in bootstrap_weighted_diffs(x, wx, y, wy))
+    p = bootstrap_p_two_sided(boot)
+    return Paired(delta, percentile(boot, alpha / 2), percentile(boot, 1 - alpha / 2), p, test, n,
+                  significant=p < alpha, mde=mde_paired_mean(paired_spread(x, wx, y, wy) * s, n, alpha, sided=2),
+                  unit=spec.unit)
+
+
+def _pooled(v: list[float], w: list[float]) -> float:
+    return sum(a * b for a, b in zip(v, w, strict=True)) / sum(w)
+
+
+def paired_spread(x: list[float], wx: list[float], y: list[float], wy: list[float]) -> float:
+    """SD over units of each unit's contribution to the pooled difference (its linearisation).
+
+    Unit i adds w_i (v_i - mean) / mean(w) to a pooled mean; for unweighted
+    metrics this is the SD of the per-item paired differences.
+    """
+    mx, my = _pooled(x, wx), _pooled(y, wy)
+    bar_x, bar_y = sum(wx) / len(wx), sum(wy) / len(wy)
+    e = [wb * (b - my) / bar_y - wa * (a - mx) / bar_x for a, wa, b, wb in zip(x, wx, y, wy, strict=True)]
+    return statistics.stdev(e) if len(e) >= 2 else math.nan

@@ -33,7 +33,10 @@ class Comparison:
     paired: int
     worse: int | None
     better: int | None
-    significant: bool
+    significant: bool  # as compare.Paired.significant: p < alpha, and the exact McNemar test too for 0/1 scores
+    p_exact: float | None = None  # 0/1 scores: exact McNemar p-value (p_value is the score test's)
+    mde: float = math.nan  # |delta| this test detects with 80% power at alpha, reported units
+    unit: str = "item"  # the sampled unit the interval and test treat as independent
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ class MetricRow:
             v = self.vs
             out |= {"baseline": v.baseline, "delta": v.delta, "delta_ci_low": v.delta_ci_low,
                     "delta_ci_high": v.delta_ci_high, "p_value": v.p_value, "test": v.test, "paired": v.paired,
-                    "worse": v.worse, "better": v.better, "significant": v.significant}
+                    "worse": v.worse, "better": v.better, "p_exact": v.p_exact, "mde": v.mde, "unit": v.unit,
+                    "significant": v.significant}
         return out
 
 
@@ -124,7 +128,7 @@ def _comparison(task: TaskRun, base_task: TaskRun, spec: MetricSpec, baseline_la
     p = compare(task, base_task, spec, alpha)
     return Comparison(baseline=baseline_label, delta=p.delta, delta_ci_low=p.low, delta_ci_high=p.high,
                       p_value=p.p, test=p.test, paired=p.n, worse=p.worse, better=p.better,
-                      significant=bool(p.p < alpha))
+                      significant=p.significant, p_exact=p.p_exact, mde=p.mde, unit=p.unit)
 
 
 def same_run(a: Run, b: Run | None) -> bool:

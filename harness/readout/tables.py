@@ -26,8 +26,8 @@ from harness.readout.model import (
 )
 
 _SKIP_EXTRAS = ("n", "scored", "errors")
-COMPARISON_HEADER = ("run", "metric", "baseline", "run", "Δ", "{level}% CI of Δ", "test", "p", "paired",
-                     "worse / better", "significant")
+COMPARISON_HEADER = ("run", "metric", "baseline", "run", "Δ", "{level}% CI of Δ", "test", "p", "exact McNemar p",
+                     "paired", "worse / better", "MDE (80% power)", "significant")
 
 
 def fmt_value(v: float | None, scale_hint: float) -> str:
@@ -123,7 +123,8 @@ def comparison_rows(report: Report) -> list[list[str]]:
         out.append([row.label, f"{row.task} {row.metric}", fmt_value(base.value if base else None, s),
                     fmt_value(row.value, s), signed(v.delta, s),
                     f"[{signed(v.delta_ci_low, s)}, {signed(v.delta_ci_high, s)}]",
-                    v.test, fmt_p(v.p_value), str(v.paired), disc, "yes" if v.significant else "no"])
+                    v.test, fmt_p(v.p_value), fmt_p(v.p_exact) if v.p_exact is not None else "–",
+                    f"{v.paired} {v.unit}s", disc, fmt_value(v.mde, s), "yes" if v.significant else "no"])
     return out
 
 
@@ -132,9 +133,18 @@ def legend(report: Report) -> str:
             "for per-item 0/1 scores, normal interval otherwise. Items: count, errors (not scored, never counted "
             "as a score) and the task's own coverage counts.")
     if report.baseline is not None:
-        text += (f" Δ = run − baseline {md_code(report.baseline.label)} on items both runs scored, matched by id; "
-                 f"p: exact McNemar test (0/1 scores) or paired bootstrap ({BOOTSTRAP_RESAMPLES:,} resamples, "
-                 f"seed {BOOTSTRAP_SEED}; continuous scores), two-sided; * p < {report.alpha}. "
+        text += (f" Δ = run − baseline {md_code(report.baseline.label)} on items both runs scored, matched by id. "
+                 "The CI of Δ and p come from one test, so the CI excludes 0 exactly when p < alpha: for 0/1 "
+                 "scores Tango's score test (asymptotic), with the exact McNemar p beside it; for other scores "
+                 f"the paired bootstrap ({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}; the cluster "
+                 f"bootstrap when rows nest in a unit), two-sided. Significant (*): p < {report.alpha} and, for "
+                 "0/1 scores, the exact McNemar p < alpha too (both must reject, as in the gate). Paired: the "
+                 "units both runs scored; a unit (item, question, problem) is what was sampled, and turns or "
+                 "samples inside one are treated as correlated. MDE: the |Δ| this test detects with 80% power "
+                 "at alpha, from the paired count and the observed discordance (0/1) or spread of the paired "
+                 "differences. harness check gates one-sided at each task's allowed drop: 0/1 scores need "
+                 "Tango's score test at the margin and the exact McNemar test of any drop to both reject, "
+                 "continuous scores the paired bootstrap at the margin, with Holm over the gated metrics. "
                  "Worse / better: items right in the baseline and wrong in the run, and the reverse.")
     return text
 

@@ -1,0 +1,54 @@
+"""The paired report's statistics (issue 17): one test per interval and p-value, the rule, power, units."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from test_report_synth import MT_SPECS, gsm8k, make_run
+
+from harness.cli import main
+from harness.core import stats
+from harness.readout.compare import compare, load_run
+
+BASE = [1] * 50 + [0] * 50  # 100 items
+NEW = [0] * 7 + [1] * 43 + [1] + [0] * 49  # 7 right -> wrong, 1 wrong -> right
+
+
+def _pair(tmp_path):
+    a = load_run(make_run(tmp_path, "a", gsm8k(BASE)))
+    b = load_run(make_run(tmp_path, "b", gsm8k(NEW)))
+    return compare(b.tasks["gsm8k"], a.tasks["gsm8k"], a.tasks["gsm8k"].specs[0])
+
+
+def test_interval_and_p_value_agree_and_the_exact_test_is_shown_apart(tmp_path):
+    p = _pair(tmp_path)
+    assert (p.worse, p.better, p.n) == (7, 1, 100)
+    assert p.high < 0  # Tango's interval of the difference excludes 0 ...
+    assert p.p < 0.05 and p.p == pytest.approx(stats.tango_p_two_sided(7, 1, 100))  # ... and so does its p
+    assert p.p_exact == pytest.approx(0.0703, abs=1e-4)  # the exact McNemar p, labelled as such
+    assert not p.significant  # the gate's rule: both tests must reject
+
+
+def test_report_shows_both_p_values_the_rule_and_the_detectable_effect(tmp_path, capsys):
+    a, b = make_run(tmp_path, "a", gsm8k(BASE)), make_run(tmp_path, "b", gsm8k(NEW))
+    assert main(["report", str(b), "--baseline", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "exact McNemar p" in out and "p=0.070" in out and "p=0.034" in out
+    assert "Tango score" in out
+    assert "significant" in out and "both" in out  # the rule is spelled out in the legend
+    assert "harness check" in out  # and the gate's rule beside it
+    assert "MDE" in out
+    mde = 100 * stats.mde_paired_binary(100, 0.08, 0.05, sided=2)
+    assert f"{mde:.1f}" in out
+
+
+def test_continuous_comparison_states_its_sampled_unit_and_mde(tmp_path):
+    base = {f"m{i}": {"score": float(i % 7 + 2)} for i in range(40)}
+    new = {f"m{i}": {"score": float(i % 7 + 2) - (0.5 if i % 2 else 0.0)} for i in range(40)}
+    a = load_run(make_run(tmp_path, "a", {"mt_bench": {"scores": base, "specs": MT_SPECS}}))
+    b = load_run(make_run(tmp_path, "b", {"mt_bench": {"scores": new, "specs": MT_SPECS}}))
+    p = compare(b.tasks["mt_bench"], a.tasks["mt_bench"], MT_SPECS[0])
+    assert p.p_exact is None and p.significant == (p.p < 0.05)
+    assert p.mde == pytest.approx(stats.mde_paired_mean(statistics.stdev([0.0, -0.5] * 20), 40, 0.05, sided=2))
+    assert p.unit == "item"
