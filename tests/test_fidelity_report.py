@@ -52,3 +52,36 @@ def test_continuous_comparison_states_its_sampled_unit_and_mde(tmp_path):
     assert p.p_exact is None and p.significant == (p.p < 0.05)
     assert p.mde == pytest.approx(stats.mde_paired_mean(statistics.stdev([0.0, -0.5] * 20), 40, 0.05, sided=2))
     assert p.unit == "item"
+
+
+# -- pooled metrics: rows nested in units (MT-Bench turns in questions) -------------------------------
+
+def _pooled_run(root, name, rows):
+    """rows: question -> list of valid turn ratings; the item carries their mean and count."""
+    from harness.core.records import MetricSpec
+
+    spec = MetricSpec("score", "score", "continuous", 1.0, primary=True, unit="question", weight="score_rows")
+    scores = {q: {"score": sum(r) / len(r), "score_rows": float(len(r))} for q, r in rows.items()}
+    return make_run(root, name, {"mt_bench": {"scores": scores, "specs": (spec,)}}), spec
+
+
+def test_pooled_estimate_is_the_mean_over_rows_with_a_clustered_interval(tmp_path):
+    from harness.readout.compare import estimate
+
+    path, spec = _pooled_run(tmp_path, "a", {"q81": [10.0, 2.0], "q82": [4.0]})
+    est = estimate(load_run(path).tasks["mt_bench"], spec)
+    assert est.value == pytest.approx(16 / 3) and est.method == "clustered"  # FastChat's 5.33, not 5.00
+
+
+def test_gate_on_a_pooled_metric_uses_the_cluster_bootstrap(tmp_path, capsys):
+    import random
+
+    rng = random.Random(3)
+    base_rows = {f"q{i}": [rng.uniform(3, 9), rng.uniform(3, 9)] for i in range(80)}
+    worse_rows = {q: [r - 1.0 + rng.gauss(0, 0.3) for r in rs] for q, rs in base_rows.items()}
+    worse_rows["q0"] = worse_rows["q0"][:1]  # one failed turn-2 judgment
+    base, _ = _pooled_run(tmp_path, "base", base_rows)
+    worse, _ = _pooled_run(tmp_path, "worse", worse_rows)
+    code = main(["check", str(worse), "--baseline", str(base)])
+    out = capsys.readouterr().out
+    assert code == 1 and "paired cluster bootstrap" in out and "80 paired questions" in out

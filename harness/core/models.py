@@ -273,12 +273,19 @@ def text_sha256(text: str | None) -> str | None:
 
 # The one rule for "options that do not change the output": where a checkpoint
 # lives (its fingerprint covers the content), how work is spread (parallel
-# sizes, batch size, concurrency) and how a client retries. Changing any of
-# them reuses journaled work and resumes the same run directory.
+# sizes, batch size, concurrency, vLLM's memory and scheduling knobs) and how a
+# client retries. Changing any of them reuses journaled work and resumes the
+# same run directory. Identities (run id, journal key) filter with this set and
+# no module keeps its own list; adapters' describe() records every option.
 EXECUTION_ARGS = frozenset({"target", "tensor_parallel_size", "data_parallel_size", "pipeline_parallel_size",
                             "batch_size", "concurrency", "gpu_memory_utilization", "distributed_executor_backend",
                             "base_url", "timeout", "max_retries", "backoff", "max_backoff", "api_key_env",
-                            "check_model", "chunk_size"})
+                            "check_model", "chunk_size",
+                            # vLLM: resources and placement, not what a request generates
+                            "kv_cache_memory_bytes", "swap_space", "cpu_offload_gb", "max_num_seqs",
+                            "max_num_batched_tokens", "data_parallel_backend", "data_parallel_address",
+                            "data_parallel_rpc_port", "data_parallel_size_local", "disable_log_stats",
+                            "enable_prefix_caching", "block_size"})
 OPENAI_URL = "https://api.openai.com/v1"
 
 

@@ -56,6 +56,7 @@ from harness.core.records import MetricSpec
 from harness.core.stats import (
     bootstrap_means,
     bootstrap_p_at_most,
+    bootstrap_weighted_diffs,
     holm,
     mcnemar_exact_one_sided,
     mde_paired_binary,
@@ -73,7 +74,8 @@ from harness.readout.compare import (
     estimate,
     is_binary,
     load_run,
-    paired_values,
+    paired_spread,
+    paired_units,
 )
 
 
@@ -102,6 +104,7 @@ class Verdict:
     worse: int | None
     better: int | None
     regression: bool
+    unit: str = "item"  # the sampled unit (MetricSpec.unit): what "paired" counts
     spread: float = math.nan  # share of discordant items (0/1 scores) or SD of the paired differences
     level: float = math.nan  # the alpha this metric was tested at (Holm-adjusted unless --no-holm)
     mde: float = math.nan  # true drop the gate fails with 80% power at ``level``, reported units
@@ -170,7 +173,7 @@ def detectable(v: Verdict, level: float, margin: float) -> float:
 
 def power_warning(v: Verdict) -> str:
     unit = "points" if v.scale >= 10 else "rating points"
-    return (f"warning: {v.task} {v.metric}: {v.paired} paired items cannot detect a drop of "
+    return (f"warning: {v.task} {v.metric}: {v.paired} paired {v.unit}s cannot detect a drop of "
             f"{_f(v.max_drop, v.scale)} {unit} (the allowed drop); the smallest drop they detect with 80% power "
             f"at alpha {_a(v.level)} is {_f(v.mde_any, v.scale)} {unit}, so a pass is not evidence that the drop "
             f"is under {_f(v.max_drop, v.scale)}: evaluate more items or allow a larger drop")
@@ -229,13 +232,15 @@ def gated_metrics(run: Run, shared: list[str], explicit: dict[str, float]) -> di
 
 
 def judge(new: TaskRun, base: TaskRun, spec: MetricSpec, max_drop: float, alpha: float) -> Verdict:
-    x, y = paired_values(new, base, spec)
+    x, wx, y, wy = paired_units(new, base, spec)
     if not x:
         raise UsageError(f"{new.name} {spec.name}: no item was scored in both runs; nothing to compare "
                          "(check the runs' errors)")
     sign = 1.0 if spec.higher_is_better else -1.0
     common = dict(task=new.name, metric=spec.name, scale=spec.scale, baseline=estimate(base, spec).value,
-                  value=estimate(new, spec).value, max_drop=max_drop, paired=len(x))
+                  value=estimate(new, spec).value, max_drop=max_drop, paired=len(x), unit=spec.unit)
+    if spec.weight is not None:
+        return _judge_clustered((x, wx, y, wy), sign, spec.scale, max_drop, alpha, common)
     if spec.kind == "binary" and is_binary(x) and is_binary(y):
         return _judge_binary(x, y, sign, spec.scale, max_drop, alpha, common)
     return _judge_bootstrap(x, y, sign, spec.scale, max_drop, alpha, common)
@@ -267,6 +272,21 @@ def _judge_bootstrap(x: list[float], y: list[float], sign: float, scale: float, 
                    spread=statistics.stdev(diffs) if len(diffs) >= 2 else math.nan, level=alpha)
 
 
+def _judge_clustered(units: tuple[list[float], ...], sign: float, scale: float, max_drop: float, alpha: float,
+                     common: dict) -> Verdict:
+    """A pooled metric (rows nested in units): the paired cluster bootstrap of the pooled drop."""
+    x, wx, y, wy = units
+    pooled = sum(a * w for a, w in zip(x, wx, strict=True)) / sum(wx) - \
+        sum(b * w for b, w in zip(y, wy, strict=True)) / sum(wy)
+    boot = sorted(-sign * d * scale for d in bootstrap_weighted_diffs(x, wx, y, wy)) if len(x) >= 2 else []
+    p_margin = bootstrap_p_at_most(boot, max_drop)
+    return Verdict(**common, drop=sign * pooled * scale,
+                   ci=(percentile(boot, alpha / 2), percentile(boot, 1 - alpha / 2)), bound=percentile(boot, alpha),
+                   p_margin=p_margin, p_any=bootstrap_p_at_most(boot, 0.0), test="paired cluster bootstrap",
+                   worse=None, better=None, regression=p_margin < alpha,
+                   spread=paired_spread(x, wx, y, wy) * scale, level=alpha)
+
+
 def _f(v: float, scale: float) -> str:
     text = f"{v:.1f}" if scale >= 10 else f"{v:.2f}"
     return text.removeprefix("-") if float(text) == 0 else text  # no "-0.0"
@@ -284,7 +304,8 @@ def describe(v: Verdict, alpha: float) -> str:
     unit = "points" if v.scale >= 10 else "rating points"
     level = round(100 * (1 - alpha))
     alpha = v.level if math.isfinite(v.level) else alpha
-    what = (f"{v.task} {v.metric}: {_f(v.baseline, v.scale)} -> {_f(v.value, v.scale)} on {v.paired} paired items"
+    what = (f"{v.task} {v.metric}: {_f(v.baseline, v.scale)} -> {_f(v.value, v.scale)} on {v.paired} paired "
+            f"{v.unit}s"
             + (f" ({v.worse} worse, {v.better} better)" if v.worse is not None else ""))
     stats = (f"drop {_f(v.drop, v.scale)} {unit}, {level}% CI [{_f(v.ci[0], v.scale)}, {_f(v.ci[1], v.scale)}], "
              f"one-sided {level}% lower bound {_f(v.bound, v.scale)}; {_p(v.p_margin)} for drop > "
