@@ -37,6 +37,7 @@ from typing import Any
 
 from harness.core.errors import UsageError
 from harness.core.records import Message
+from harness.train.classify import filter_conversations
 
 FORMATS = ("gsm8k", "alpaca", "sharegpt", "messages")
 SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
@@ -74,6 +75,13 @@ class SourceSpec:
     count: int | None = None
     filter_keywords: tuple[str, ...] = ()
     seed: int = 1234
+    # "classifier" (harness.train.classify: code or maths content), "keywords" or "none";
+    # None keeps the old meaning: the keyword rule when filter_keywords is given
+    filter: str | None = None
+
+    @property
+    def filter_rule(self) -> str:
+        return self.filter or ("keywords" if self.filter_keywords else "none")
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,8 @@ class SourceStats:
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
     filtered: int = 0
     kept: int = 0
+    filter: str = "none"
+    filter_labels: dict[str, int] = field(default_factory=dict)  # label or keyword -> removed count
 
 
 # -- reading files ------------------------------------------------------------------------------
@@ -334,9 +344,11 @@ def load_source(spec: SourceSpec, base_dir: Path | None = None) -> tuple[list[Co
         path = str(base_dir / path)
     records = _read_hub(path, spec.split) if _is_hub(path) else read_records(path)
     convs, dropped = convert(records, spec.format, spec.name)
-    convs, removed = keyword_filter(convs, spec.filter_keywords)
+    convs, removed = filter_conversations(convs, spec.filter_rule, spec.filter_keywords)
+    labels = Counter(label for r in removed for label in r.labels)
     convs = subsample(convs, fraction=spec.fraction, count=spec.count, seed=spec.seed)
-    return convs, SourceStats(spec.name, len(records), dict(dropped), removed, len(convs))
+    return convs, SourceStats(spec.name, len(records), dict(dropped), len(removed), len(convs), spec.filter_rule,
+                              dict(labels))
 
 
 def _is_hub(path: str) -> bool:

@@ -40,6 +40,7 @@ from typing import Any
 
 from harness.core.errors import UsageError
 from harness.train import schema as S
+from harness.train.classify import check_filter
 from harness.train.data import FORMATS, Conversation, SourceSpec
 from harness.train.strategies import PAPER_ORDER, STRATEGIES, Stage
 
@@ -49,7 +50,7 @@ log = logging.getLogger("harness")
 TOP = {"name": S.STR, "base_model": S.STR, "out": S.STR, "seed": S.INT, "sources": S.TABLE, "grid": S.TABLE,
        "train": S.TABLE, "eval": S.TABLE, "report": S.TABLE}
 SOURCE = {"path": S.STR, "format": S.one_of(*FORMATS), "split": S.STR, "fraction": S.number_in(0, 1, low_open=True),
-          "count": S.int_at_least(1), "filter_keywords": S.list_of(S.STR)}
+          "count": S.int_at_least(1), "filter_keywords": S.list_of(S.STR), "filter": S.STR}
 GRID = {"strategies": S.list_of(S.STR, nonempty=True), "order": S.list_of(S.STR), "general": S.STR,
         "k": S.list_of(S.RATIO), "fractions": S.list_of(S.RATIO), "single_sources": S.list_of(S.STR),
         "custom": S.Kind("a table of named stage lists ([grid.custom] name = [[\"math\", \"code@0.5\"], "
@@ -158,7 +159,8 @@ def _parse_source(name: str, t: Any, base_dir: Path, seed: int) -> SourceSpec:
         raise UsageError(f"{where}: data file {str(local)!r} does not exist (and {path!r} is not a hub dataset id)")
     return SourceSpec(name=name, path=path, format=t["format"], split=t.get("split", "train"),
                       fraction=t.get("fraction"), count=t.get("count"),
-                      filter_keywords=tuple(t.get("filter_keywords", ())), seed=seed)
+                      filter_keywords=tuple(t.get("filter_keywords", ())), seed=seed,
+                      filter=check_filter(t.get("filter"), t.get("filter_keywords", ()), where))
 
 
 def _ratios(values: list[Any], key: str, low_open: bool) -> list[float]:
@@ -267,12 +269,12 @@ def load_sources(study: Study) -> dict[str, list[Conversation]]:
     out = {}
     for spec in study.sources:
         convs, st = load_source(spec)
-        log.info("source %s: %d records, %d kept, dropped %s, keyword-filtered %d", st.name, st.records, st.kept,
-                 st.dropped or "none", st.filtered)
+        log.info("source %s: %d records, %d kept, dropped %s, filter %s removed %d %s", st.name, st.records,
+                 st.kept, st.dropped or "none", st.filter, st.filtered, st.filter_labels or "")
         if not convs:
             raise UsageError(f"source {spec.name!r} has 0 examples left ({st.records} records, dropped "
-                             f"{st.dropped or 'none'}, {st.filtered} keyword-filtered); check its file and "
-                             "loosen filter_keywords")
+                             f"{st.dropped or 'none'}, {st.filtered} removed by filter {st.filter!r}); check "
+                             "its file and its filter")
         out[spec.name] = convs
     return out
 
