@@ -22,15 +22,15 @@ name, a maths word) 0.5, so one hint never removes a conversation. Every
 removal can therefore be explained. It is a heuristic: bench/sharegpt_filter.py
 measures it, and the keyword rule, against hand labels (docs/train.md).
 
-    python -m harness.train.classify sharegpt.json --show removed --limit 20
+    verdict = classify(conv)   # Verdict(code=True, math=False, evidence=(...))
+    print(verdict.explain())   # code: sql@1 'SELECT id FROM orders' + language@0 'SQL'
+    python bench/sharegpt_filter.py --show removed --limit 20   # audit a data file
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -305,42 +305,3 @@ def filter_conversations(convs: Sequence[Conversation], rule: str, keywords: Seq
             kept.append(conv) if not verdict.labels else removed.append(
                 Removed(conv, verdict.labels, verdict.explain()))
     return kept, removed
-
-
-# -- command line -------------------------------------------------------------------------------
-
-
-def _rows(verdicts: Iterator[tuple[Conversation, Verdict]], show: str, limit: int) -> Iterator[str]:
-    shown = 0
-    for conv, v in verdicts:
-        if (show == "removed" and not v.labels) or (show == "kept" and v.labels):
-            continue
-        if shown == limit:
-            return
-        shown += 1
-        yield f"{conv.id}\t{','.join(v.labels) or '-'}\t{v.explain()}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print each conversation's labels and evidence, to audit what the filter removes."""
-    from harness.train.data import FORMATS, convert, read_records
-
-    ap = argparse.ArgumentParser(prog="python -m harness.train.classify", description=main.__doc__)
-    ap.add_argument("path", help="a data file (.json, .jsonl, .gz, .parquet)")
-    ap.add_argument("--format", default="sharegpt", choices=FORMATS)
-    ap.add_argument("--show", default="removed", choices=("removed", "kept", "all"))
-    ap.add_argument("--limit", type=int, default=50)
-    args = ap.parse_args(argv)
-    try:
-        convs, _ = convert(read_records(args.path), args.format, "data")
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    verdicts = ((c, classify(c)) for c in convs)
-    for line in _rows(verdicts, args.show, args.limit):
-        print(line)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
