@@ -55,13 +55,6 @@ OUR_ARGS = ("lora", "chunk_size")
 DEFAULT_CHUNK = 1024
 CPU_ENGINE_DEFAULTS = {"enforce_eager": True, "dtype": "float32"}
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-# Options that change resources or placement but not what a request generates:
-# left out of describe(), which is part of the journal's cache key.
-RESOURCE_ARGS = frozenset({
-    "gpu_memory_utilization", "kv_cache_memory_bytes", "swap_space", "cpu_offload_gb", "max_num_seqs",
-    "max_num_batched_tokens", "distributed_executor_backend", "data_parallel_backend", "data_parallel_address",
-    "data_parallel_rpc_port", "data_parallel_size_local", "disable_log_stats", "enable_prefix_caching",
-    "block_size"})
 _HINTS = {"batch_size": "vLLM batches continuously; cap concurrent sequences with max_num_seqs",
           "tp": "use tensor_parallel_size", "dp": "use data_parallel_size", "device": "vLLM picks its device"}
 
@@ -205,7 +198,9 @@ class VLLMAdapter:
         return self._describe
 
     def _identity(self, vllm: Any, model: str, on_cpu: bool) -> dict[str, Any]:
-        engine = {k: v for k, v in sorted(self.plan.kwargs.items()) if k not in RESOURCE_ARGS and k != "model"}
+        # The record of what the engine ran with; the journal's key is core.models.output_identity,
+        # which drops the options that do not change the output (EXECUTION_ARGS, the one rule).
+        engine = {k: v for k, v in sorted(self.plan.kwargs.items()) if k != "model"}
         lora = self.plan.lora_path
         return {"kind": "vllm", "target": self.target, "model": model, **_fingerprint(model),
                 "chat_template_sha256": text_sha256(_template_text(self.chat_template)),

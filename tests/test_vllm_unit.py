@@ -210,8 +210,7 @@ def test_engine_options_reach_vllm_llm(fake_vllm, tiny_llama: Path, monkeypatch:
     assert FakeLLM.created == [{"model": str(tiny_llama), **args, "enforce_eager": True, "dtype": "float32"}]
     desc = adapter.describe()
     assert desc["kind"] == "vllm" and desc["vllm_version"] == "0.0-fake" and desc["fingerprint"]
-    assert desc["engine"] == {"dtype": "float32", "enforce_eager": True, "max_model_len": 512, "seed": 3,
-                              "pipeline_parallel_size": 1, "tensor_parallel_size": 2}
+    assert desc["engine"] == {"dtype": "float32", "enforce_eager": True, **args}  # the record: every option
     assert desc["cpu_defaults"]["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert "VLLM_CPU_KVCACHE_SPACE" not in desc["cpu_defaults"]
 
