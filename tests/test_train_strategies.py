@@ -152,3 +152,13 @@ def test_fraction_scaling_rounds_by_the_same_rule_and_notes_the_minimum(sources)
     (mt,) = S.build("multi_task", sources, fractions={"math": 1 / 256, "code": 0.125})  # 0.156 -> 1, 2.5 -> 3
     assert mt.counts() == {"math": 1, "code": 3, "general": 30}
     assert any("fraction 0.00390625 of math" in n and "keeping 1" in n for n in mt.notes)
+
+
+def test_each_strategy_declares_which_grid_values_name_sources():
+    grid = {"order": ("code", "math"), "general": "chat", "single_sources": ("math",),
+            "custom": {"a": [["math", "code@0.5"], ["poetry"]]}, "k": [0.5]}
+    assert S.named_sources("sequential", grid) == {"code", "math"}
+    assert S.named_sources("dmt", grid) == S.named_sources("mixed_sequential", grid) == {"chat"}
+    assert S.named_sources("single", grid) == {"math"}
+    assert S.named_sources("custom", grid) == {"math", "code", "poetry"}
+    assert S.named_sources("multi_task", grid) == set()

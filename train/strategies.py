@@ -80,6 +80,7 @@ class Param:
     label: str = ""  # label prefix of a swept value: "dmt-k0.25"
     meta: str | None = None
     axis: str | None = None  # "x" | "series" | None
+    names_sources: bool = False  # its value names sources ("math", ["code", "math"], "code@0.5"): checked at parse
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,17 @@ def variants(name: str, grid: Mapping[str, Any]) -> list[Variant]:
                     {sweep.meta: shown} if sweep.meta else {}, axes) for tag, v, shown in named]
 
 
+def named_sources(name: str, grid: Mapping[str, Any]) -> set[str]:
+    """The sources a strategy's grid values name, so a study naming an undefined one fails at parse time."""
+    def flat(v: Any) -> list[str]:
+        if isinstance(v, str):
+            return [v.partition("@")[0]]
+        items = v.values() if isinstance(v, Mapping) else v if isinstance(v, list | tuple) else ()
+        return [n for x in items for n in flat(x)]
+
+    return {n for p in get(name).params if p.names_sources and p.grid_key in grid for n in flat(grid[p.grid_key])}
+
+
 def build(name: str, sources: Sources, *, fractions: Mapping[str, float] | None = None, seed: int = 1234,
           **params: Any) -> list[Stage]:
     """Scale each source to its fraction, then produce the named strategy's stages."""
@@ -182,7 +194,7 @@ def _need(sources: Sources, names: Sequence[str], strategy: str) -> None:
                          f"defined: {sorted(sources)}")
 
 
-@strategy("single", Param("source", "single_sources", sweep=True, meta="source", axis="series"))
+@strategy("single", Param("source", "single_sources", sweep=True, meta="source", axis="series", names_sources=True))
 def single(sources: Sources, source: str | None = None) -> list[Stage]:
     """One source alone."""
     if source is None:
@@ -197,7 +209,7 @@ def multi_task(sources: Sources) -> list[Stage]:
     return [make_stage("+".join(sources), [c for s in sources.values() for c in s])]
 
 
-@strategy("sequential", Param("order", "order"))
+@strategy("sequential", Param("order", "order", names_sources=True))
 def sequential(sources: Sources, order: Sequence[str] = PAPER_ORDER) -> list[Stage]:
     """One stage per source, in ``order``."""
     _need(sources, order, "sequential")
@@ -212,7 +224,7 @@ def _specialised(sources: Sources, general: str) -> list[str]:
     return spec
 
 
-@strategy("mixed_sequential", Param("general", "general"))
+@strategy("mixed_sequential", Param("general", "general", names_sources=True))
 def mixed_sequential(sources: Sources, general: str = "general") -> list[Stage]:
     """The specialised sources mixed, then the general one."""
     spec = _specialised(sources, general)
@@ -220,8 +232,8 @@ def mixed_sequential(sources: Sources, general: str = "general") -> list[Stage]:
             make_stage(general, sources[general])]
 
 
-@strategy("dmt", Param("k", "k", sweep=True, label="k", meta="k", axis="x"), Param("general", "general"),
-          seeded=True)
+@strategy("dmt", Param("k", "k", sweep=True, label="k", meta="k", axis="x"),
+          Param("general", "general", names_sources=True), seeded=True)
 def dmt(sources: Sources, k: float = 0.0, general: str = "general", seed: int = 1234) -> list[Stage]:
     """Dual-stage Mixed Fine-Tuning: stage 2 replays ``proportion(n, k)`` of each specialised source.
 
@@ -239,7 +251,8 @@ def dmt(sources: Sources, k: float = 0.0, general: str = "general", seed: int = 
     return [first, second]
 
 
-@strategy("custom", Param("stages", "custom", sweep=True, meta="custom", axis="series"), seeded=True)
+@strategy("custom", Param("stages", "custom", sweep=True, meta="custom", axis="series", names_sources=True),
+          seeded=True)
 def custom(sources: Sources, stages: Sequence[Sequence[str]] = (), seed: int = 1234) -> list[Stage]:
     """User-defined stages: each a list of ``"name"`` or ``"name@fraction"``."""
     if not stages:

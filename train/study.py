@@ -42,7 +42,7 @@ from harness.core.errors import UsageError
 from harness.train import schema as S
 from harness.train.classify import check_filter
 from harness.train.data import FORMATS, Conversation, SourceSpec
-from harness.train.strategies import PAPER_ORDER, STRATEGIES, Stage
+from harness.train.strategies import PAPER_ORDER, STRATEGIES, Stage, named_sources
 
 log = logging.getLogger("harness")
 
@@ -189,16 +189,13 @@ def _parse_grid(t: Any, names: list[str]) -> dict[str, Any]:
     if "custom" in strategies and not custom:
         raise UsageError("[grid] strategies has 'custom' but [grid.custom] defines no stage list; "
                          "example: [grid.custom] general_first = [[\"general\"], [\"math\", \"code\"]]")
-    uses = {"sequential": set(order), "single": set(single), "mixed_sequential": {general}, "dmt": {general},
-            "custom": {i.split("@")[0] for st in custom.values() for s in st for i in s}}
-    referenced = set().union(*(uses.get(s, set()) for s in strategies))
-    missing = sorted(referenced - set(names))
+    grid = {"strategies": strategies, "order": order, "general": general, "single_sources": single, "custom": custom}
+    missing = sorted(set().union(*(named_sources(s, grid) for s in strategies)) - set(names))
     if missing:
         raise UsageError(f"[grid] names sources {missing} that [sources] does not define ({', '.join(sorted(names))})")
     k = _ratios(t.get("k", [0]), "k", low_open=False)
     fractions = _ratios(t.get("fractions", [1]), "fractions", low_open=True)
-    return {"strategies": strategies, "order": order, "general": general, "k": k, "fractions": fractions,
-            "single_sources": single, "custom": custom}
+    return {**grid, "k": k, "fractions": fractions}
 
 
 def _parse_train(t: Any, seed: int) -> Any:
