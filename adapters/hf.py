@@ -13,6 +13,10 @@ greedy search a one-hot distribution. Stop strings end a row early
 ids are decoded together with the prompt's (``adapters/tokens.py``), so a
 SentencePiece tokenizer keeps a completion's leading space.
 
+``loglikelihood`` scores continuations (lm-eval's request type): context and
+continuation tokenised together and split at the boundary
+(``adapters/tokens.py``), batches sorted by length, one forward pass each.
+
 Options (``--model-args``): dtype (auto|float32|bfloat16|float16; auto is
 float32 on CPU, bfloat16 on CUDA), device (auto|cpu|cuda), batch_size
 (default 8 on CPU, 32 on CUDA), lora=PATH (a peft adapter), revision,
@@ -33,10 +37,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from harness.adapters._template import resolve_chat_template
-from harness.adapters.tokens import decode_continuation
+from harness.adapters.tokens import ScoringInput, decode_continuation, encode_all, require_template_for_chat
 from harness.core.errors import UsageError
 from harness.core.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
-from harness.core.records import Completion, OnResult, Request
+from harness.core.records import (
+    Completion,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    OnResult,
+    OnScore,
+    Request,
+)
 
 log = logging.getLogger("harness")
 
@@ -182,6 +193,58 @@ class HFAdapter:
             finish.append(reason)
             counts.append(len(kept) + (1 if cut is not None else 0))
         return texts, finish, counts
+
+    # -- log-likelihood ------------------------------------------------------------------------
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                      on_result: OnScore | None = None) -> list[LoglikelihoodResult]:
+        """Sum of log-probabilities of each continuation, longest inputs first in
+        batches of ``batch_size``; log-softmax in fp32 whatever the model's dtype."""
+        require_template_for_chat(self.tokenizer, requests, self.target)
+        max_len = getattr(self.model.config, "max_position_embeddings", None)
+        out, encoded = encode_all(self.tokenizer, requests, max_len, on_result)
+        order = sorted(encoded, key=lambda i: -len(encoded[i].ids))
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            for i, res in zip(idx, self._score_batch([requests[i].id for i in idx], [encoded[i] for i in idx]),
+                              strict=True):
+                out[i] = res
+                if on_result is not None:
+                    on_result(i, res)
+        return [r for r in out if r is not None]
+
+    @torch.inference_mode()
+    def _score_batch(self, ids: list[str], inputs: list[ScoringInput]) -> list[LoglikelihoodResult]:
+        # Left-padded with explicit positions, so every row's continuation ends at the last
+        # column and only the last ``keep`` logits are needed (the vocabulary dominates memory).
+        width = max(len(x.ids) for x in inputs)
+        tokens = torch.full((len(inputs), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(inputs), width), dtype=torch.long)
+        for row, x in enumerate(inputs):
+            tokens[row, width - len(x.ids):] = torch.tensor(x.ids)
+            mask[row, width - len(x.ids):] = 1
+        keep = max(len(x.ids) - x.start for x in inputs) + 1
+        kwargs: dict[str, Any] = {"input_ids": tokens.to(self.device), "attention_mask": mask.to(self.device),
+                                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)}
+        if self._takes_logits_to_keep():
+            kwargs["logits_to_keep"] = keep
+        try:
+            logits = self.model(**kwargs).logits[:, -keep:]
+        except torch.OutOfMemoryError as exc:
+            return [LoglikelihoodResult(id=i, error=f"out of memory: {exc}".splitlines()[0]) for i in ids]
+        results = []
+        for row, (rid, x) in enumerate(zip(ids, inputs, strict=True)):
+            n = len(x.ids) - x.start
+            scores = logits[row, keep - n - 1:keep - 1].float()
+            target = torch.tensor(x.ids[x.start:], device=scores.device)
+            logprobs = torch.log_softmax(scores, dim=-1).gather(-1, target[:, None]).squeeze(-1)
+            results.append(LoglikelihoodResult(id=rid, logprob_sum=float(logprobs.double().sum()), n_tokens=n,
+                                               n_bytes=x.n_bytes, is_greedy=bool((scores.argmax(-1) == target).all())))
+        return results
+
+    def _takes_logits_to_keep(self) -> bool:
+        import inspect
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def close(self) -> None:
         self.model = None

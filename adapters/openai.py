@@ -95,6 +95,8 @@ class ClientOptions:
         if not (isinstance(opts.max_stop, int) and not isinstance(opts.max_stop, bool) and opts.max_stop >= 0):
             raise UsageError(f"{flag}: max_stop must be an integer >= 0 (stop strings sent to the endpoint), "
                              f"got {opts.max_stop!r}")
+        if not isinstance(opts.check_model, bool):
+            raise UsageError(f"{flag}: check_model must be true or false, got {opts.check_model!r}")
         return opts
 
 
@@ -180,7 +182,7 @@ class OpenAIAdapter:
         self.spec = spec
         self.model = spec.target
         self.concurrency = concurrency
-        self.options = ClientOptions.from_args(dict(spec.args))
+        self.options = ClientOptions.from_args(dict(spec.args), flag="--judge-args" if role == "judge" else "--model-args")
         self.endpoint = resolve_endpoint(spec, self.options, role)
         self.name = f"openai:{spec.target}"
         _quiet_http_logs()

@@ -20,6 +20,9 @@ from harness.core.errors import EngineError, UsageError
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:
+    from harness.core.options import SharedOptions, add_arguments
+    from harness.tasks import check_flags, options_classes
+
     p = sub.add_parser("run", help="evaluate one model on a suite and write a run directory + report")
     m = p.add_argument_group("model")
     m.add_argument("--model", required=True, help="hf:PATH, vllm:PATH, openai:NAME, a checkpoint dir, a hub id, "
@@ -30,33 +33,22 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--concurrency", type=int, default=16, help="in-flight requests for openai: models")
     r = p.add_argument_group("run")
     r.add_argument("--suite", default="all", help="comma-separated: all, or task names (see `harness tasks`)")
-    r.add_argument("--limit", type=int, default=None, help="first N items of each task")
     r.add_argument("--out", default="runs", help="parent directory of run directories (default: runs/)")
     r.add_argument("--run-id", default=None, help="run directory name (default: derived from the configuration, "
                    "so rerunning the same command resumes)")
     r.add_argument("--fresh", action="store_true", help="discard this run's journals and start over")
-    r.add_argument("--seed", type=int, default=1234)
-    r.add_argument("--max-tokens", type=int, default=None, help="override each task's max new tokens")
     r.add_argument("--label", default=None, help="row label in reports (default: the model name)")
-    t = p.add_argument_group("tasks")
-    t.add_argument("--num-fewshot", type=int, default=0, help="GSM8K exemplars from train as chat turns (default 0)")
-    t.add_argument("--gsm8k-data", default=None, help="GSM8K test set: local jsonl or hub dataset id (default: packaged)")
-    t.add_argument("--humaneval-mode", choices=["auto", "instruct", "completion"], default="auto")
-    t.add_argument("--n", type=int, default=1, help="HumanEval samples per problem (pass@k for every k <= n)")
-    t.add_argument("--temperature", type=float, default=None, help="HumanEval sampling temperature (default 0; 0.8 with --n > 1)")
-    t.add_argument("--allow-code-execution", action="store_true",
-                   help="run model-written code in the sandbox (needed by humaneval; env HARNESS_ALLOW_CODE_EXECUTION=1)")
-    t.add_argument("--exec-timeout", type=float, default=10.0, help="seconds per HumanEval program")
-    t.add_argument("--exec-workers", type=int, default=None, help="parallel sandboxes (default: cores)")
+    add_arguments(r, SharedOptions)
+    # Each task's own options, generated from its options dataclass (harness.core.options).
+    check_flags()
+    for name, cls in options_classes().items():
+        add_arguments(p.add_argument_group(f"{name} options"), cls)
     j = p.add_argument_group("judge (mt_bench)")
     j.add_argument("--judge", default=None, help="openai:gpt-4 (default with OPENAI_API_KEY), openai:NAME "
                    "with --judge-base-url, hf:PATH, vllm:PATH")
     j.add_argument("--judge-base-url", default=None)
     j.add_argument("--judge-args", default=None, help="engine options for a local judge, key=value,...")
     j.add_argument("--judge-concurrency", type=int, default=16)
-    j.add_argument("--judge-repeats", type=int, default=1, help="judge each answer R times; report mean and spread")
-    j.add_argument("--judge-max-tokens", type=int, default=2048,
-                   help="judge reply budget (default 2048, as FastChat; lower it for CPU plumbing runs)")
     g = p.add_argument_group("gate")
     g.add_argument("--baseline", default=None, help="baseline run directory to compare against")
     g.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a metric regressed significantly")

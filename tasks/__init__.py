@@ -1,53 +1,167 @@
 """Benchmark registry: one file per benchmark, imported only when chosen.
 
-``--suite all`` means every task registered here.
+Each task class declares its own options (``Options``, a frozen dataclass of
+``harness.core.options.option`` fields), what it needs from the run
+(``needs_chat``, ``needs_judge``, ``needs_code_execution``) and the gate's
+default allowed drop (``default_max_drop``). The CLI flags, the study's
+``[eval.<task>]`` tables and their validation are generated from that.
+
+Adding a benchmark is one file plus one line: a ``"name": "module:Class"``
+entry below, or, from outside this package, ``harness.tasks.register(name,
+"module:Class")`` or an entry point in the ``sft_harness.tasks`` group
+(see docs/adding-a-benchmark.md). ``--suite all`` means every registered task.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+import importlib.metadata
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import UsageError
+from harness.core.options import Options, SharedOptions, iter_flags, specs
 
 if TYPE_CHECKING:
     from harness.core.records import Task
-    from harness.run.runner import TaskOptions
 
-# name -> "module:class"
-REGISTRY: dict[str, str] = {
+ENTRY_POINT_GROUP = "sft_harness.tasks"
+
+# name -> "module:Class" (or the class itself, for tasks registered at run time)
+REGISTRY: dict[str, Any] = {
     "gsm8k": "harness.tasks.gsm8k:GSM8K",
     "humaneval": "harness.tasks.humaneval:HumanEval",
     "mt_bench": "harness.tasks.mt_bench:MTBench",
 }
 
+# Run-level flags, so a task option can never shadow one (checked in ``check_flags``).
+RUN_FLAGS = frozenset({"--model", "--model-args", "--base-url", "--chat-template", "--concurrency", "--suite",
+                       "--out", "--run-id", "--fresh", "--label", "--judge", "--judge-base-url", "--judge-args",
+                       "--judge-concurrency", "--baseline", "--fail-on-regression", "--max-drop", "--alpha"})
+
+
+def register(name: str, target: str | type) -> None:
+    """Add a task: ``target`` is ``"module:Class"`` (imported when first used) or the class."""
+    if not name.isidentifier():
+        raise ValueError(f"task name {name!r} must be an identifier (letters, digits, _), as in --suite {name}")
+    if name in _registry() and _registry()[name] != target:
+        raise ValueError(f"task {name!r} is already registered as {_registry()[name]}")
+    REGISTRY[name] = target
+    task_class.cache_clear()
+
+
+def _registry() -> dict[str, Any]:
+    """The built-in tasks plus those installed packages declare as entry points (loaded once)."""
+    if not _entry_points_loaded:
+        _entry_points_loaded.append(True)
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            REGISTRY.setdefault(ep.name, ep.value)
+    return REGISTRY
+
+
+_entry_points_loaded: list[bool] = []
+
+
+@cache
+def task_class(name: str) -> type:
+    target = _registry()[name]
+    if not isinstance(target, str):
+        return target
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def names() -> list[str]:
+    return list(_registry())
+
+
+def options_classes(suites: Sequence[str] | None = None) -> dict[str, type[Options]]:
+    """Task name -> its options dataclass, for the given suites (default: every task)."""
+    return {n: task_class(n).Options for n in (suites if suites is not None else names())}
+
+
+def check_flags() -> None:
+    """Two tasks (or a task and the run) claiming one flag is a programming error: say who."""
+    owners: dict[str, str] = dict.fromkeys(RUN_FLAGS, "the run")
+    owners.update((s.flag, "the run (shared)") for s in specs(SharedOptions))
+    for flag, owner in iter_flags(options_classes()):
+        if flag in owners:
+            raise ValueError(f"task {owner} declares {flag}, which {owners[flag]} already uses; give the "
+                             "field its own flag (option(..., flag='--<task>-<name>'))")
+        owners[flag] = owner
+
 
 def resolve_suites(text: str) -> tuple[str, ...]:
-    names: list[str] = []
+    known = names()
+    out: list[str] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         if part == "all":
-            names.extend(REGISTRY)
-        elif part in REGISTRY:
-            names.append(part)
+            out.extend(known)
+        elif part in known:
+            out.append(part)
         else:
-            raise UsageError(f"unknown suite {part!r}; choose from: all, {', '.join(REGISTRY)}")
-    if not names:
-        raise UsageError(f"--suite {text!r} names no task; choose from: all, {', '.join(REGISTRY)}")
-    return tuple(dict.fromkeys(names))
+            raise UsageError(f"unknown suite {part!r}; choose from: all, {', '.join(known)}")
+    if not out:
+        raise UsageError(f"--suite {text!r} names no task; choose from: all, {', '.join(known)}")
+    return tuple(dict.fromkeys(out))
 
 
-def build_task(name: str, options: TaskOptions) -> Task:
-    module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)(options)
+def build_task(name: str, options: Options | None = None, shared: SharedOptions | None = None) -> Task:
+    """One task, with the opt-ins it declares checked first (CLI wording)."""
+    return build_tasks((name,), {name: options} if options is not None else {}, shared or SharedOptions())[0]
+
+
+def build_tasks(suites: Sequence[str], options: Mapping[str, Options], shared: SharedOptions, *,
+                opt_in: str = "add --allow-code-execution (or set HARNESS_ALLOW_CODE_EXECUTION=1)",
+                leave_out: str = "--suite {others}") -> list[Task]:
+    """Every task of the suites, or a UsageError before any is built.
+
+    ``opt_in``/``leave_out`` word the remedies for where the user configures the run
+    (the study says ``allow_code_execution = true`` in ``[eval]``).
+    """
+    for name in suites:
+        cls = task_class(name)
+        if cls.needs_code_execution and not shared.allow_code_execution:
+            others = ",".join(n for n in suites if n != name) or ",".join(n for n in names() if n != name)
+            raise UsageError(cls.opt_in.format(opt_in=opt_in, leave_out=leave_out.format(others=others or "NAME")))
+    return [task_class(n)(options.get(n) or task_class(n).Options(), shared) for n in suites]
 
 
 def describe_tasks() -> str:
     lines = []
-    for name, target in REGISTRY.items():
-        module, cls = target.split(":")
-        obj = getattr(importlib.import_module(module), cls)
-        doc = (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
-        lines.append(f"{name:10s} v{obj.version}  {doc}")
+    for name in names():
+        cls = task_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        lines.append(f"{name:10s} v{cls.version}  {doc}")
     return "\n".join(lines)
+
+
+def moved_key(key: str) -> tuple[str, str] | None:
+    """Where a flat, pre-per-task option name lives now: ``gsm8k_data`` -> ("gsm8k", "data")."""
+    for name, cls in options_classes().items():
+        for s in specs(cls):
+            if key in (s.name, f"{name}_{s.name}", s.dest):
+                return name, s.name
+    return None
+
+
+def options_from_record(record: Mapping[str, Any], suites: Sequence[str]) -> tuple[SharedOptions, dict[str, Options]]:
+    """The options a run recorded in config.json (``task_options``), rebuilt for ``harness score``.
+
+    Older runs recorded one flat mapping of every task's fields; those are sorted into their tasks.
+    """
+    if "shared" in record:
+        shared = dict(record["shared"])
+        per_task = {n: dict(record.get(n) or {}) for n in suites}
+    else:
+        shared_names = {s.name for s in specs(SharedOptions)}
+        shared = {k: v for k, v in record.items() if k in shared_names}
+        per_task = {n: {} for n in suites}
+        for key, value in record.items():
+            where = None if key in shared_names else moved_key(key)
+            if where is not None and where[0] in per_task:
+                per_task[where[0]][where[1]] = value
+    return SharedOptions(**shared), {n: task_class(n).Options(**v) for n, v in per_task.items()}

@@ -32,11 +32,13 @@ import json
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import UsageError
+from harness.core.options import Options, SharedOptions, option
 from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result
 from harness.core.stats import metric_means
 
@@ -87,6 +89,14 @@ def extract_flexible(completion: str) -> str | None:
 def gold_answer(answer: str) -> str:
     """The normalised number after the last ``####`` (or the whole answer); "" when there is none."""
     return normalize_number(answer.split("####")[-1]) or ""
+
+
+def _check_row(row: dict[str, Any]) -> str | None:
+    wrong = [k for k in ("question", "answer") if not isinstance(row[k], str)]
+    if wrong:
+        return (f"field(s) {', '.join(wrong)} must be a string, got "
+                f"{', '.join(f'{row[k]!r} ({type(row[k]).__name__})' for k in wrong)}")
+    return _check_gold(row)
 
 
 def _check_gold(row: dict[str, Any]) -> str | None:
@@ -149,7 +159,11 @@ def load_rows(source: str | None, split: str) -> list[dict[str, Any]]:
     if path.exists() or source.endswith((".jsonl", ".jsonl.gz", ".json")):
         if not path.exists():
             raise UsageError(f"--gsm8k-data {source!r} does not exist; pass a jsonl file with question/answer fields")
-        return read_jsonl(path, ("question", "answer"), check=_check_gold)
+        rows = read_jsonl(path, ("question", "answer"), check=_check_row)
+        if not rows:
+            raise UsageError(f"--gsm8k-data {source!r} has no items; pass a jsonl file with one "
+                             "{\"question\": ..., \"answer\": ...} object per line")
+        return rows
     return _load_hub(source, split)
 
 
@@ -167,25 +181,36 @@ def _load_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
     return [{"question": r["question"], "answer": r["answer"]} for r in ds]
 
 
+@dataclass(frozen=True)
+class GSM8KOptions(Options):
+    prefix = "gsm8k"
+
+    num_fewshot: int = option(0, "GSM8K exemplars from train as chat turns", flag="--num-fewshot", low=0, high=64)
+    data: str | None = option(None, "GSM8K test set: local jsonl or hub dataset id (default: packaged)")
+
+
 class GSM8K:
     """Grade-school math, exact match (strict #### and flexible last number)."""
 
     name = "gsm8k"
     version = "1"
     turns = 1
+    Options = GSM8KOptions
     needs_chat = True
+    needs_judge = False
+    needs_code_execution = False
+    default_max_drop = 1.0  # accuracy points the CI gate allows by default
     metrics = (
         MetricSpec("strict", key="strict", kind="binary", scale=100.0, primary=True),
         MetricSpec("flexible", key="flexible", kind="binary", scale=100.0),
     )
 
-    def __init__(self, options: Any) -> None:
-        if options.num_fewshot < 0:
-            raise UsageError(f"--num-fewshot must be >= 0, got {options.num_fewshot}")
+    def __init__(self, options: GSM8KOptions | None = None, shared: SharedOptions | None = None) -> None:
+        options, shared = options or GSM8KOptions(), shared or SharedOptions()
         self.num_fewshot = options.num_fewshot
-        self.seed = options.seed
-        self.max_tokens = options.max_tokens or 256
-        self.source = options.gsm8k_data
+        self.seed = shared.seed
+        self.max_tokens = shared.max_tokens or 256
+        self.source = options.data
         self._data_sha256: str | None = None
 
     def load(self, limit: int | None = None) -> list[Example]:

@@ -17,7 +17,7 @@ Prompt modes (``--humaneval-mode``, recorded in config.json):
 
 Scoring runs every program in ``harness.sandbox`` (bubblewrap + rlimits + an
 audit hook; see docs/humaneval.md) and needs ``--allow-code-execution``, which
-is checked here, before any model loads. pass@k uses the unbiased, numerically
+is checked by the registry before the task is built, before any model loads. pass@k uses the unbiased, numerically
 stable estimator of Chen et al. (2021); greedy pass@1 (n=1, temperature 0) is
 the default, as SFT papers report it. Verdicts are journaled by a hash of the
 program, the tests and the sandbox settings, so a resumed run never executes a
@@ -36,9 +36,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.core.errors import UsageError
+from harness.core.options import Namer, Options, SharedOptions, option
 from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
 from harness.core.stats import metric_means
 
@@ -47,9 +48,9 @@ STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 REPORTED_K = (1, 10, 100)
 INSTRUCTION = ("Complete the following Python function. Reply with the complete function, including its "
                "signature and any imports it needs, in a single ```python code block.")
-OPT_IN = ("humaneval executes model-written code and needs an explicit opt-in: add --allow-code-execution "
-          "(or set HARNESS_ALLOW_CODE_EXECUTION=1) to run it in the sandbox, or leave it out of the run with "
-          "--suite {others}")
+# Filled by the registry with the remedies worded for where the run is configured (CLI or study).
+OPT_IN = ("humaneval executes model-written code and needs an explicit opt-in: {opt_in} to run it in the "
+          "sandbox, or leave it out of the run with {leave_out}")
 
 # A fence is a line of its own: up to 3 spaces of indent (more inside list items is still seen
 # as a fence and dedented), 3+ backticks or tildes, then an optional info string (the language).
@@ -172,24 +173,24 @@ def imported_modules(code: str) -> tuple[str, ...]:
     return tuple(sorted(set(_IMPORT_RE.findall(code))))
 
 
-def check_options(options: Any) -> None:
-    """Fail fast, before any model loads: the opt-in first, then the flags."""
-    if not options.allow_code_execution:
-        from harness.tasks import REGISTRY
-        raise UsageError(OPT_IN.format(others=",".join(n for n in REGISTRY if n != "humaneval") or "NAME"))
-    if options.humaneval_mode not in ("auto", "instruct", "completion"):
-        raise UsageError(f"--humaneval-mode {options.humaneval_mode!r}; choose auto, instruct or completion")
-    if options.n < 1:
-        raise UsageError(f"--n must be >= 1 samples per problem, got {options.n}")
-    if options.temperature is not None and options.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {options.temperature}")
-    if options.n > 1 and options.temperature == 0:
-        raise UsageError(f"--n {options.n} with temperature 0 gives {options.n} identical greedy samples; "
-                         "pass --temperature 0.8 (or leave it unset) for sampled pass@k")
-    if options.exec_timeout <= 0:
-        raise UsageError(f"--exec-timeout must be > 0 seconds, got {options.exec_timeout}")
-    if options.exec_workers is not None and options.exec_workers < 1:
-        raise UsageError(f"--exec-workers must be >= 1, got {options.exec_workers}")
+@dataclass(frozen=True)
+class HumanEvalOptions(Options):
+    prefix = "humaneval"
+
+    mode: Literal["auto", "instruct", "completion"] = option(
+        "auto", "prompt mode: instruct (chat, fenced code), completion (raw prompt + stop sequences); auto = instruct")
+    n: int = option(1, "HumanEval samples per problem (pass@k for every k <= n)", flag="--n", low=1, high=1000)
+    temperature: float | None = option(None, "HumanEval sampling temperature (default 0; 0.8 with --n > 1)",
+                                       flag="--temperature", low=0, high=2)
+    exec_timeout: float = option(10.0, "seconds per HumanEval program", flag="--exec-timeout", low=0,
+                                 low_open=True, high=3600)
+    exec_workers: int | None = option(None, "parallel sandboxes (default: cores)", flag="--exec-workers", low=1,
+                                      high=1024, identity=False)
+
+    def check(self, name: Namer) -> None:
+        if self.n > 1 and self.temperature == 0:
+            raise UsageError(f"{name('n')} {self.n} with {name('temperature')} 0 gives {self.n} identical greedy "
+                             f"samples; set {name('temperature')} to 0.8 (or leave it unset) for sampled pass@k")
 
 
 class HumanEval:
@@ -198,16 +199,21 @@ class HumanEval:
     name = "humaneval"
     version = "1"
     turns = 1
+    Options = HumanEvalOptions
+    needs_judge = False
+    needs_code_execution = True  # the registry refuses to build it without the run's opt-in
+    opt_in = OPT_IN
+    default_max_drop = 2.0  # pass@1 points the CI gate allows by default
 
-    def __init__(self, options: Any) -> None:
-        check_options(options)
-        self.requested_mode = options.humaneval_mode
-        self.mode = "instruct" if options.humaneval_mode == "auto" else options.humaneval_mode
-        self.needs_chat = self.mode == "instruct"
+    def __init__(self, options: HumanEvalOptions | None = None, shared: SharedOptions | None = None) -> None:
+        options, shared = options or HumanEvalOptions(), shared or SharedOptions()
+        self.requested_mode = options.mode
+        self.mode = "instruct" if options.mode == "auto" else options.mode
+        self.needs_chat = self.mode == "instruct"  # completion mode sends raw text: no chat template needed
         self.n = options.n
         self.temperature = options.temperature if options.temperature is not None else (0.0 if self.n == 1 else 0.8)
-        self.seed = options.seed
-        self.max_tokens = options.max_tokens or 512
+        self.seed = shared.seed
+        self.max_tokens = shared.max_tokens or 512
         self.ks = reported_ks(self.n)
         kind = "binary" if self.n == 1 else "continuous"
         self.metrics = tuple(MetricSpec(f"pass@{k}", key=f"pass@{k}", kind="binary" if k == self.n == 1 else kind,

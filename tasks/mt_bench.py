@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import EngineError, UsageError
+from harness.core.options import Options, SharedOptions, option
 from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
 from harness.core.stats import mean_stderr
 
@@ -52,7 +53,7 @@ TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "reasoning": 0.0, "math": 0.0, "
 NEED_REF_CATS = frozenset({"math", "reasoning", "coding"})  # common.py NEED_REF_CATS
 MAX_TOKENS = 1024
 JUDGE_TEMPERATURE = 0.0  # run_judge_single: temperature=0, max_tokens=2048
-JUDGE_MAX_TOKENS = 2048  # the default of --judge-max-tokens (TaskOptions.judge_max_tokens)
+JUDGE_MAX_TOKENS = 2048  # the default of --judge-max-tokens (MTBenchOptions.judge_max_tokens)
 RATING_RE = re.compile(r"\[\[(\d+\.?\d*)\]\]")  # common.py one_score_pattern
 RATING_BACKUP_RE = re.compile(r"\[(\d+\.?\d*)\]")  # one_score_pattern_backup
 PROMPTS = {(False, 1): "single-v1", (True, 1): "single-math-v1",
@@ -229,30 +230,40 @@ def _mean(values: Sequence[float]) -> float:
 
 # -- the task ---------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class MTBenchOptions(Options):
+    prefix = "mt-bench"
+
+    # Judge settings re-judge in the same run directory (judgments are keyed by them), so they are
+    # not part of the run id.
+    judge_repeats: int = option(1, "judge each answer R times; report mean and spread", flag="--judge-repeats",
+                                low=1, high=100, identity=False)
+    judge_max_tokens: int = option(JUDGE_MAX_TOKENS, "judge reply budget (FastChat: 2048; lower it for CPU "
+                                   "plumbing runs)", flag="--judge-max-tokens", low=1, identity=False)
+
+
 class MTBench:
     """Two-turn chat questions graded 1-10 by an LLM judge (single-answer grading)."""
 
     name = "mt_bench"
     version = "1"
     turns = 2
+    Options = MTBenchOptions
     needs_judge = True
     needs_chat = True
+    needs_code_execution = False
+    default_max_drop = 0.2  # rating points (1-10 scale) the CI gate allows by default
     metrics = (
         MetricSpec("score", key="score", kind="continuous", scale=1.0, primary=True),
         MetricSpec("turn1", key="turn1", kind="continuous", scale=1.0),
         MetricSpec("turn2", key="turn2", kind="continuous", scale=1.0),
     )
 
-    def __init__(self, options: Any) -> None:
-        if options.judge_repeats < 1:
-            raise UsageError(f"--judge-repeats must be >= 1 judgments per answer, got {options.judge_repeats}")
-        if options.max_tokens is not None and options.max_tokens <= 0:
-            raise UsageError(f"--max-tokens must be a positive number of new tokens, got {options.max_tokens}")
-        self.max_tokens = options.max_tokens or MAX_TOKENS
-        self.seed = options.seed
+    def __init__(self, options: MTBenchOptions | None = None, shared: SharedOptions | None = None) -> None:
+        options, shared = options or MTBenchOptions(), shared or SharedOptions()
+        self.max_tokens = shared.max_tokens or MAX_TOKENS
+        self.seed = shared.seed
         self.repeats = options.judge_repeats
-        if options.judge_max_tokens <= 0:
-            raise UsageError(f"--judge-max-tokens must be a positive number of tokens, got {options.judge_max_tokens}")
         self.judge_max_tokens = options.judge_max_tokens
         self._judge_label: str | None = None
         self._comparable: bool | None = None

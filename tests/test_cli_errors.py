@@ -58,7 +58,7 @@ def test_unknown_backend() -> None:
 @pytest.mark.parametrize("limit", ["0", "-3"])
 def test_bad_limit(checkpoint_dir: Path, limit: str) -> None:
     assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "gsm8k", f"--limit={limit}"),
-                       "--limit must be a positive")
+                       "--limit must be >= 1")
 
 
 def test_unreadable_data_file(checkpoint_dir: Path, tmp_path: Path) -> None:
@@ -126,3 +126,78 @@ def test_mt_bench_without_a_judge(checkpoint_dir: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "harness", "run", "--model", str(checkpoint_dir), "--suite", "mt_bench",
                           "--limit", "1"], capture_output=True, text=True, timeout=60, env=env)
     assert_usage_error(res, "mt_bench needs a judge")
+
+
+# --- task and run flags (issue 12 items 12, 13, 15) ---------------------------------------------
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_exec_timeout_must_be_finite(checkpoint_dir: Path, value: str) -> None:
+    assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "humaneval",
+                               "--allow-code-execution", "--exec-timeout", value), "--exec-timeout", value)
+
+
+def test_gsm8k_data_with_integer_fields(checkpoint_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "ints.jsonl"
+    data.write_text('{"question": "q", "answer": "#### 1"}\n{"question": 7, "answer": 8}\n')
+    assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "gsm8k", "--gsm8k-data", str(data)),
+                       "ints.jsonl:2", "question", "string")
+
+
+def test_empty_gsm8k_data_file(checkpoint_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "empty.jsonl"
+    data.write_text("\n")
+    assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "gsm8k", "--gsm8k-data", str(data)),
+                       "empty.jsonl", "no items")
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_max_tokens_must_be_positive(checkpoint_dir: Path, value: str) -> None:
+    assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "gsm8k", f"--max-tokens={value}"),
+                       "--max-tokens", ">= 1")
+
+
+def test_temperature_must_be_finite(checkpoint_dir: Path) -> None:
+    assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "humaneval", "--allow-code-execution",
+                               "--temperature", "nan"), "--temperature", "nan")
+
+
+def test_boolean_model_arg_that_is_not_a_boolean() -> None:
+    assert_usage_error(harness("run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1",
+                               "--model-args", "check_model=maybe", "--suite", "gsm8k"),
+                       "check_model", "true or false")
+
+
+def test_model_arg_given_twice(checkpoint_dir: Path) -> None:
+    assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--model-args", "dtype=float32,dtype=bfloat16",
+                               "--suite", "gsm8k"), "--model-args", "dtype", "twice")
+
+
+def test_judge_args_errors_name_judge_args(checkpoint_dir: Path) -> None:
+    res = harness("run", "--model", str(checkpoint_dir), "--suite", "mt_bench", "--judge", "openai:j",
+                  "--judge-base-url", "http://127.0.0.1:9/v1", "--judge-args", "timeout")
+    assert_usage_error(res, "--judge-args")
+    assert "--model-args" not in res.stderr
+
+
+def test_model_arg_without_a_key() -> None:
+    res = harness("run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--model-args", "=5",
+                  "--suite", "gsm8k")
+    assert_usage_error(res, "--model-args", "'=5'", "no key")
+
+
+def _baseline(tmp_path: Path) -> Path:
+    from test_report_synth import gsm8k, make_run
+    return make_run(tmp_path, "base", gsm8k([1, 0, 1]))
+
+
+@pytest.mark.parametrize("max_drop, needle", [("gsm8k=1,gsm8k=2", "twice"), (",,,", "names no metric"),
+                                              ("gsm8k=1e9", "at most 100")])
+def test_bad_max_drop_is_refused_before_the_run(checkpoint_dir: Path, tmp_path: Path, max_drop: str,
+                                                needle: str) -> None:
+    assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "gsm8k", "--limit", "3",
+                               "--baseline", str(_baseline(tmp_path)), "--max-drop", max_drop), "--max-drop", needle)
+
+
+def test_bad_alpha_is_refused_before_the_run(checkpoint_dir: Path, tmp_path: Path) -> None:
+    assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "gsm8k", "--limit", "3",
+                               "--baseline", str(_baseline(tmp_path)), "--alpha", "2"), "--alpha")

@@ -11,7 +11,8 @@ from test_report_synth import MT_SPECS, binary_scores, gsm8k, make_run
 from harness.cli import main
 from harness.core.stats import mcnemar_exact_one_sided
 from harness.readout.compare import load_run
-from harness.readout.gate import DEFAULT_MAX_DROP, evaluate
+from harness.readout.gate import evaluate
+from harness.tasks.gsm8k import GSM8K
 
 BASE = [1] * 60 + [0] * 140  # 30% on 200 items
 
@@ -142,7 +143,7 @@ def test_defaults_and_errored_items(tmp_path):
     scores["q000"] = None  # an errored item: not scored, left out of the pairing, warned about
     run = load_run(make_run(tmp_path, "new", {"gsm8k": {"scores": scores}}))
     verdicts, notes = evaluate(run, base, None, 0.05)
-    assert verdicts[0].max_drop == DEFAULT_MAX_DROP["gsm8k"] and verdicts[0].paired == 199
+    assert verdicts[0].max_drop == GSM8K.default_max_drop and verdicts[0].paired == 199
     assert any("1 errored items in the run vs 0" in n for n in notes)
 
 

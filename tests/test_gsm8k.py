@@ -9,9 +9,9 @@ import pytest
 
 from harness.core.errors import UsageError
 from harness.core.records import Completion, Example
-from harness.run.runner import TaskOptions
 from harness.tasks.gsm8k import (
     GSM8K,
+    GSM8KOptions,
     extract_flexible,
     extract_strict,
     gold_answer,
@@ -70,7 +70,7 @@ def test_generation_error_is_an_error_not_a_score() -> None:
 
 
 def test_packaged_data_loads_with_checksum() -> None:
-    task = GSM8K(TaskOptions())
+    task = GSM8K()
     examples = task.load()
     assert len(examples) == 1319
     assert examples[0].data["gold"] == "18"
@@ -78,7 +78,7 @@ def test_packaged_data_loads_with_checksum() -> None:
 
 
 def test_aggregate_counts_errors_and_excludes_them() -> None:
-    task = GSM8K(TaskOptions())
+    task = GSM8K()
     exs = [Example(id=str(i), data={"gold": "5"}) for i in range(4)]
     comps = [Completion(id="0", texts=("#### 5",)), Completion(id="1", texts=("#### 4",)),
              Completion(id="2", texts=("5",)), Completion(id="3", error="boom")]
@@ -90,7 +90,7 @@ def test_aggregate_counts_errors_and_excludes_them() -> None:
 
 
 def test_fewshot_turns_are_chat_messages() -> None:
-    task = GSM8K(TaskOptions(num_fewshot=2))
+    task = GSM8K(GSM8KOptions(num_fewshot=2))
     exs = task.load(limit=1)
     (req,) = task.requests(exs, 0, {})
     roles = [m.role for m in req.messages]
@@ -102,17 +102,17 @@ def test_fewshot_turns_are_chat_messages() -> None:
 def test_local_jsonl_source_and_malformed_line(tmp_path) -> None:
     good = tmp_path / "g.jsonl"
     good.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
-    task = GSM8K(TaskOptions(gsm8k_data=str(good)))
+    task = GSM8K(GSM8KOptions(data=str(good)))
     assert task.load()[0].data["gold"] == "2"
     bad = tmp_path / "b.jsonl.gz"
     with gzip.open(bad, "wt") as f:
         f.write(json.dumps({"question": "q", "answer": "#### 1"}) + "\n{not json\n")
     with pytest.raises(UsageError, match=r"b\.jsonl\.gz:2"):
-        GSM8K(TaskOptions(gsm8k_data=str(bad))).load()
+        GSM8K(GSM8KOptions(data=str(bad))).load()
     missing = tmp_path / "m.jsonl"
     missing.write_text(json.dumps({"question": "q"}) + "\n")
     with pytest.raises(UsageError, match="missing field"):
-        GSM8K(TaskOptions(gsm8k_data=str(missing))).load()
+        GSM8K(GSM8KOptions(data=str(missing))).load()
 
 
 # -- where we differ from lm-eval on purpose (docs/fidelity.md) ------------------------------------
@@ -140,10 +140,10 @@ def test_custom_file_without_a_numeric_gold_is_refused_with_its_line(tmp_path, a
     path.write_text(json.dumps({"question": "q1", "answer": "#### 3"}) + "\n\n"
                     + json.dumps({"question": "q2", "answer": answer}) + "\n")
     with pytest.raises(UsageError, match=r"custom\.jsonl:3: .*no numeric gold answer"):
-        GSM8K(TaskOptions(gsm8k_data=str(path))).load()
+        GSM8K(GSM8KOptions(data=str(path))).load()
 
 
 def test_custom_file_gold_from_last_number_without_hashes(tmp_path) -> None:
     path = tmp_path / "custom.jsonl"
     path.write_text(json.dumps({"question": "q", "answer": "#### 1,000"}) + "\n")
-    assert GSM8K(TaskOptions(gsm8k_data=str(path))).load()[0].data["gold"] == "1000"
+    assert GSM8K(GSM8KOptions(data=str(path))).load()[0].data["gold"] == "1000"

@@ -11,16 +11,16 @@ import pytest
 
 from harness.core.errors import UsageError
 from harness.core.journal import Journal
+from harness.core.options import SharedOptions
 from harness.core.records import Completion, Example, Result
-from harness.run.runner import TaskOptions
 from harness.sandbox import Sandbox
 from harness.tasks import humaneval as he
 
 FIXTURES = Path(__file__).parent / "fixtures" / "humaneval"
 
 
-def opts(**kw) -> TaskOptions:
-    return TaskOptions(**{"allow_code_execution": True, "exec_timeout": 5.0, **kw})
+def opts(mode: str = "auto", **kw) -> he.HumanEvalOptions:
+    return he.HumanEvalOptions(**{"mode": mode, "exec_timeout": 5.0, **kw})
 
 
 class FakeCtx:
@@ -70,7 +70,7 @@ def test_packaged_data_is_the_164_problems() -> None:
 @pytest.fixture(scope="module")
 def canonical_and_empty(tmp_path_factory) -> tuple[list[Result], list[Result]]:
     """All 164 canonical solutions and all 164 empty completions, scored in one parallel pass."""
-    task = he.HumanEval(opts(humaneval_mode="completion"))
+    task = he.HumanEval(opts(mode="completion"))
     examples = task.load()
     canon = [Example(id=ex.id, data=ex.data) for ex in examples]
     empty = [Example(id=ex.id + "/empty", data=ex.data) for ex in examples]
@@ -129,7 +129,7 @@ def test_pass_at_k_rejects_impossible_counts() -> None:
 
 def test_samples_fixture_gives_known_pass_at_k_and_resume_never_reexecutes(tmp_path, monkeypatch) -> None:
     rows = [json.loads(line) for line in (FIXTURES / "samples_n4.jsonl").read_text().splitlines()]
-    task = he.HumanEval(opts(humaneval_mode="completion", n=4))
+    task = he.HumanEval(opts(mode="completion", n=4))
     assert [m.name for m in task.metrics] == ["pass@1", "pass@4"]
     assert all(m.kind == "continuous" for m in task.metrics) and task.metrics[0].primary
     examples = task.load(3)
@@ -150,7 +150,7 @@ def test_samples_fixture_gives_known_pass_at_k_and_resume_never_reexecutes(tmp_p
 # --- prompts, modes, extraction -----------------------------------------------------------------
 
 def test_completion_mode_requests_raw_prompt_with_standard_stops() -> None:
-    task = he.HumanEval(opts(humaneval_mode="completion", seed=7))
+    task = he.HumanEval(opts(mode="completion"), SharedOptions(seed=7))
     (req,) = task.requests(task.load(1), 0, {})
     assert req.prompt == he.load_problems()[0]["prompt"] and not req.messages
     assert req.stop == ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -193,7 +193,7 @@ def test_instruct_extraction_keeps_prompt_imports_and_helpers() -> None:
 
 def test_instruct_responses_score_as_expected(tmp_path) -> None:
     responses = json.loads((FIXTURES / "instruct_responses.json").read_text())
-    task = he.HumanEval(opts(humaneval_mode="instruct"))
+    task = he.HumanEval(opts(mode="instruct"))
     ex = task.load(3)[2]  # truncate_number
     examples = [Example(id=f"{ex.id}/{k}", data=ex.data) for k in responses]
     results = score(task, examples, {e.id: [responses[e.id.rsplit("/", 1)[1]]] for e in examples}, tmp_path)
@@ -202,7 +202,7 @@ def test_instruct_responses_score_as_expected(tmp_path) -> None:
 
 
 def test_generation_error_is_counted_not_scored(tmp_path) -> None:
-    task = he.HumanEval(opts(humaneval_mode="completion"))
+    task = he.HumanEval(opts(mode="completion"))
     ex = task.load(1)[0]
     ctx = FakeCtx(tmp_path)
     (res,) = task.score([ex], {ex.id: [Completion(id=ex.id, error="server gone")]}, ctx)
@@ -213,9 +213,12 @@ def test_generation_error_is_counted_not_scored(tmp_path) -> None:
 
 # --- opt-in -------------------------------------------------------------------------------------
 
-def test_without_opt_in_construction_fails_with_both_remedies() -> None:
+def test_without_opt_in_building_fails_with_both_remedies(monkeypatch) -> None:
+    from harness.tasks import build_task
+
+    monkeypatch.delenv("HARNESS_ALLOW_CODE_EXECUTION", raising=False)
     with pytest.raises(UsageError) as err:
-        he.HumanEval(TaskOptions())
+        build_task("humaneval")
     msg = str(err.value)
     assert "--allow-code-execution" in msg and "HARNESS_ALLOW_CODE_EXECUTION=1" in msg
     assert "--suite gsm8k,mt_bench" in msg
@@ -241,13 +244,15 @@ def test_env_variable_opts_in(monkeypatch) -> None:
     monkeypatch.setenv("HARNESS_ALLOW_CODE_EXECUTION", "1")
     args = build_parser().parse_args(["run", "--model", "smollm2-135m-instruct", "--suite", "humaneval"])
     cfg = config_from_args(args)
-    assert cfg.task_options.allow_code_execution
-    assert he.HumanEval(cfg.task_options).name == "humaneval"
+    assert cfg.shared.allow_code_execution
+    from harness.tasks import build_tasks
+    assert build_tasks(cfg.suites, cfg.task_options, cfg.shared)[0].name == "humaneval"
 
 
 def test_bad_options_fail_fast() -> None:
     for kw, text in [({"n": 0}, "--n"), ({"exec_timeout": 0}, "--exec-timeout"), ({"temperature": -1}, "--temperature"),
-                     ({"exec_workers": 0}, "--exec-workers"), ({"humaneval_mode": "chat"}, "--humaneval-mode")]:
+                     ({"exec_workers": 0}, "--exec-workers"), ({"mode": "chat"}, "--humaneval-mode"),
+                     ({"exec_timeout": float("nan")}, "--exec-timeout"), ({"n": 3, "temperature": 0.0}, "--n 3")]:
         with pytest.raises(UsageError, match=text):
             he.HumanEval(opts(**kw))
 

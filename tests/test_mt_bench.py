@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 
 from harness.core.errors import EngineError, UsageError
-from harness.core.journal import Journal, read_records
+from harness.core.journal import read_records
 from harness.core.models import ModelSpec
+from harness.core.options import SharedOptions
 from harness.core.records import Completion, Request
-from harness.run.runner import TaskOptions
+from harness.run.passes import LazyAdapter, judge_task
+from harness.run.score import ScoreRun
 from harness.tasks import mt_bench
-from harness.tasks.mt_bench import MTBench, is_gpt4_judge, judge_outcome, parse_rating
+from harness.tasks.mt_bench import MTBench, MTBenchOptions, is_gpt4_judge, judge_outcome, parse_rating
 
 
 def _turn_of(req: Request) -> tuple[str, int]:
@@ -57,39 +59,6 @@ class FakeJudge:
         return out
 
 
-class _Bar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class FakeCtx:
-    def __init__(self, run_dir: Path, judge: FakeJudge, spec: ModelSpec | None = None) -> None:
-        self.run_dir = run_dir
-        self._judge = judge
-        self.judge_spec = spec or ModelSpec(kind="openai", target=judge.model, base_url="http://127.0.0.1:1/v1")
-        self.journals: list[Journal] = []
-
-    def journal(self, name: str) -> Journal:
-        self.journals.append(Journal(self.run_dir / name))
-        return self.journals[-1]
-
-    def progress(self, desc: str, total: int) -> _Bar:
-        return _Bar()
-
-    def judge(self) -> FakeJudge:
-        return self._judge
-
-    def log(self, message: str) -> None:
-        pass
-
-    def close(self) -> None:
-        for j in self.journals:
-            j.close()
-
-
 def _answers(examples: Sequence[Any], fail: dict[str, int] | None = None) -> dict[str, list[Completion]]:
     """Two completions per example; ``fail[id] = turn`` makes that turn's generation fail."""
     out = {}
@@ -106,17 +75,26 @@ def _answers(examples: Sequence[Any], fail: dict[str, int] | None = None) -> dic
 
 def _score(task: MTBench, examples: Any, comps: Any, judge: FakeJudge, run_dir: Path,
            spec: ModelSpec | None = None) -> list[Any]:
-    ctx = FakeCtx(run_dir, judge, spec)
+    """What the runner does: the task's judge requests through the journaled judge pass, then scoring."""
+    spec = spec or ModelSpec(kind="openai", target=judge.model, base_url="http://127.0.0.1:1/v1")
+    lazy = LazyAdapter({"spec": f"{spec.kind}:{spec.target}", "model": judge.model}, lambda: judge,
+                       label=f"{spec.kind}:{spec.target}")
+    judgments = judge_task(task, examples, comps, lazy, run_dir)
+    ctx = ScoreRun(run_dir, judgments, spec)
     try:
         return task.score(examples, comps, ctx)
     finally:
         ctx.close()
 
 
+def _journal(run_dir: Path) -> list[dict[str, Any]]:
+    return list(read_records(run_dir / "mt_bench.judgments.jsonl"))
+
+
 # -- data --------------------------------------------------------------------------------------------
 
 def test_packaged_data_is_the_80_reference_questions() -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load()
     assert len(examples) == 80
     assert examples[0].id == "mt_bench/81" and examples[-1].id == "mt_bench/160"
@@ -150,7 +128,7 @@ def test_tampered_data_file_fails_its_checksum(data_copy: Path) -> None:
     q = data_copy / "question.jsonl"
     q.write_bytes(q.read_bytes().replace(b"Hawaii", b"Hawai'i"))
     with pytest.raises(UsageError, match="question.jsonl fails its checksum"):
-        MTBench(TaskOptions()).load()
+        MTBench().load()
 
 
 def test_malformed_question_line_is_named(data_copy: Path) -> None:
@@ -163,20 +141,20 @@ def test_malformed_question_line_is_named(data_copy: Path) -> None:
     (data_copy / "SHA256SUMS").write_text("\n".join(f"{digest}  question.jsonl" if s.endswith(" question.jsonl")
                                                     else s for s in sums) + "\n")
     with pytest.raises(UsageError, match=r"question.jsonl:3: expected turns: a list of two non-empty strings"):
-        MTBench(TaskOptions()).load()
+        MTBench().load()
 
 
 def test_bad_options_fail_at_construction() -> None:
     with pytest.raises(UsageError, match="--judge-repeats must be >= 1"):
-        MTBench(TaskOptions(judge_repeats=0))
+        MTBench(MTBenchOptions(judge_repeats=0))
     with pytest.raises(UsageError, match="--max-tokens"):
-        MTBench(TaskOptions(max_tokens=0))
+        MTBench(shared=SharedOptions(max_tokens=0))
 
 
 # -- generation requests -----------------------------------------------------------------------------
 
 def test_turn1_requests_use_reference_temperatures_and_seed() -> None:
-    task = MTBench(TaskOptions(seed=7))
+    task = MTBench(shared=SharedOptions(seed=7))
     by_cat = {ex.data["category"]: ex for ex in task.load()}
     reqs = {r.id: r for r in task.requests(list(by_cat.values()), 0, {})}
     expect = {"writing": 0.7, "roleplay": 0.7, "math": 0.0, "coding": 0.0, "reasoning": 0.0, "extraction": 0.0,
@@ -186,11 +164,11 @@ def test_turn1_requests_use_reference_temperatures_and_seed() -> None:
         assert req.temperature == expect[cat], cat
         assert req.max_tokens == 1024 and req.seed == 7
         assert [(m.role, m.content) for m in req.messages] == [("user", ex.data["turns"][0])]
-    assert MTBench(TaskOptions(max_tokens=64)).requests(task.load(1), 0, {})[0].max_tokens == 64
+    assert MTBench(shared=SharedOptions(max_tokens=64)).requests(task.load(1), 0, {})[0].max_tokens == 64
 
 
 def test_turn2_request_carries_the_models_own_turn1_answer() -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load(2)
     prior = {ex.id: [Completion(id=ex.id, texts=(f" my first answer for {ex.id}\n",))] for ex in examples}
     reqs = task.requests(examples, 1, prior)
@@ -227,7 +205,7 @@ def test_out_of_range_and_failed_calls_are_errors_not_scores() -> None:
 # -- judge prompts -------------------------------------------------------------------------------------
 
 def test_judge_prompt_selection_and_reference_insertion(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = {ex.data["category"]: ex for ex in task.load()}
     writing, math_q = examples["writing"], examples["math"]
     judge = FakeJudge(lambda q, t, r: "[[5]]")
@@ -261,7 +239,7 @@ RATINGS = {("mt_bench/81", 1): "Good. Rating: [[8]]", ("mt_bench/81", 2): "Ratin
 
 
 def test_means_exclude_malformed_and_failed_judgments_and_show_coverage(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load(4)
     results = _score(task, examples, _answers(examples), FakeJudge(lambda q, t, r: RATINGS[(q, t)]), tmp_path)
     by_id = {r.id: r for r in results}
@@ -285,7 +263,7 @@ def test_means_exclude_malformed_and_failed_judgments_and_show_coverage(tmp_path
 
 
 def test_failed_generation_is_not_judged_and_is_counted(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load(2)
     judge = FakeJudge(lambda q, t, r: "[[5]]")
     results = _score(task, examples, _answers(examples, fail={"mt_bench/81": 1, "mt_bench/82": 2}), judge, tmp_path)
@@ -297,7 +275,7 @@ def test_failed_generation_is_not_judged_and_is_counted(tmp_path: Path) -> None:
 
 
 def test_repeats_report_mean_and_spread(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions(judge_repeats=3))
+    task = MTBench(MTBenchOptions(judge_repeats=3))
     examples = task.load(2)
     ratings = {0: 6, 1: 7, 2: 8}
     judge = FakeJudge(lambda q, t, r: f"[[{ratings[r] + (t == 2)}]]")
@@ -315,7 +293,7 @@ def test_repeats_report_mean_and_spread(tmp_path: Path) -> None:
 # -- resume and judge identity ------------------------------------------------------------------------
 
 def test_rerun_rejudges_nothing_final_and_retries_only_failures(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load(4)
     comps = _answers(examples)
     _score(task, examples, comps, FakeJudge(lambda q, t, r: RATINGS[(q, t)]), tmp_path)
@@ -328,13 +306,14 @@ def test_rerun_rejudges_nothing_final_and_retries_only_failures(tmp_path: Path) 
     third = FakeJudge(lambda q, t, r: "[[1]]")
     _score(task, examples, comps, third, tmp_path)
     assert third.requests == []
-    keys = [rec["key"] for rec in read_records(tmp_path / mt_bench.JOURNAL)]
-    final = [rec for rec in read_records(tmp_path / mt_bench.JOURNAL) if rec["rating"] is not None]
+    keys = [rec["key"] for rec in _journal(tmp_path)]
+    final = [rec for rec in _journal(tmp_path)
+             if judge_outcome(Completion.from_dict(rec["completion"]))["rating"] is not None]
     assert len({r["key"] for r in final}) == len(final) == 8 and len(keys) == 11
 
 
 def test_changed_answer_is_rejudged(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load(1)
     _score(task, examples, _answers(examples), FakeJudge(lambda q, t, r: "[[5]]"), tmp_path)
     changed = {examples[0].id: [Completion(id="x", texts=("a new first answer",)), _answers(examples)[examples[0].id][1]]}
@@ -345,16 +324,16 @@ def test_changed_answer_is_rejudged(tmp_path: Path) -> None:
 
 
 def test_changed_judge_sampling_is_rejudged(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load(1)
     _score(task, examples, _answers(examples), FakeJudge(lambda q, t, r: "[[5]]"), tmp_path)
     judge = FakeJudge(lambda q, t, r: "[[3]]")
-    _score(MTBench(TaskOptions(judge_max_tokens=64)), examples, _answers(examples), judge, tmp_path)
+    _score(MTBench(MTBenchOptions(judge_max_tokens=64)), examples, _answers(examples), judge, tmp_path)
     assert len(judge.requests) == 2 and judge.requests[0].max_tokens == 64
 
 
 def test_a_different_judge_never_reuses_another_judges_ratings(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load(2)
     comps = _answers(examples)
     _score(task, examples, comps, FakeJudge(lambda q, t, r: "[[2]]", model="judge-a"), tmp_path)
@@ -362,14 +341,14 @@ def test_a_different_judge_never_reuses_another_judges_ratings(tmp_path: Path) -
     results = _score(task, examples, comps, b, tmp_path)
     assert len(b.requests) == 4
     assert all(r.scores["score"] == 9.0 for r in results)
-    assert task.describe()["judge"] == "openai:judge-b"
+    assert {r.info["judge"] for r in results} == {"openai:judge-b"}
     a_again = FakeJudge(lambda q, t, r: "[[7]]", model="judge-a")
     results = _score(task, examples, comps, a_again, tmp_path)
     assert a_again.requests == [] and all(r.scores["score"] == 2.0 for r in results)
 
 
 def test_judge_dying_mid_pass_keeps_finished_judgments(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load(3)
     comps = _answers(examples)
 
@@ -398,13 +377,15 @@ def test_only_gpt4_on_openai_is_comparable(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_describe_labels_a_non_gpt4_judge(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load(1)
-    _score(task, examples, _answers(examples), FakeJudge(lambda q, t, r: "[[5]]"), tmp_path,
-           spec=ModelSpec(kind="hf", target="smollm2-135m-instruct"))
-    desc = task.describe()
-    assert desc["judge"] == "hf:smollm2-135m-instruct" and desc["judge_comparable_to_gpt4"] is False
-    assert "not comparable" in desc["judge_note"]
+    results = _score(task, examples, _answers(examples), FakeJudge(lambda q, t, r: "[[5]]"), tmp_path,
+                     spec=ModelSpec(kind="hf", target="smollm2-135m-instruct"))
+    assert results[0].info["judge"] == "hf:smollm2-135m-instruct"
+    assert results[0].info["judge_comparable_to_gpt4"] is False
+    assert task.aggregate(results)["judge_comparable_to_gpt4"] == 0.0
+    desc = task.describe()  # the options alone: which judge graded a run is recorded by the runner
+    assert "judge" not in desc and "judge_note" not in desc
     assert set(desc["judge_prompts"]) == {"single-v1", "single-math-v1", "single-v1-multi-turn",
                                           "single-math-v1-multi-turn"}
     assert desc["data_sha256"]["question.jsonl"].startswith("119565ad")

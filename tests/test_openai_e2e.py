@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 from openai_stub import Call, Reply, StubServer
 
-from harness.run.runner import TaskOptions
 from harness.tasks import build_task
 
 SECRET = "sk-planted-e2e-Secret-0123456789"
@@ -40,7 +39,7 @@ EXPECTED = {"strict": 3 / 5, "flexible": 4 / 5}
 def gsm8k_solver() -> tuple[object, dict[str, str]]:
     """A behaviour answering the first 5 GSM8K items: 3 right in '#### N' form, 1 right
     only for the flexible extractor, 1 wrong. Returns it and question -> gold."""
-    examples = build_task("gsm8k", TaskOptions()).load(5)
+    examples = build_task("gsm8k").load(5)
     gold = {ex.data["question"]: ex.data["gold"] for ex in examples}
     style = {ex.data["question"]: i for i, ex in enumerate(examples)}
 

@@ -34,7 +34,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,21 +64,21 @@ TRAIN = {"epochs": S.number_in(0, low_open=True), "lr": S.number_in(0, low_open=
          "logging_steps": S.int_at_least(1), "trainer_args": S.TABLE}
 LORA = {"r": S.int_at_least(1), "alpha": S.number_in(0, low_open=True), "dropout": S.number_in(0, 1, high_open=True),
         "target_modules": S.either(S.STR, S.list_of(S.STR))}
-# The evaluation keys: the EvalSpec fields, then the task options (harness.run.runner.TaskOptions).
+# The run-level evaluation keys (EvalSpec fields). The options every task reads (limit, seed,
+# max_tokens, allow_code_execution: harness.core.options.SharedOptions) sit beside them in [eval];
+# each task's own options are its table, [eval.gsm8k], [eval.humaneval], ..., generated from the
+# task's options dataclass.
 EVAL = {"suites": S.list_of(S.STR, nonempty=True), "every_stage": S.BOOL, "include_base": S.BOOL,
         "backend": S.one_of("hf", "vllm", "auto"), "model_args": S.TABLE, "judge": S.STR, "judge_args": S.STR,
-        "judge_base_url": S.STR, "judge_concurrency": S.int_at_least(1), "concurrency": S.int_at_least(1),
-        "limit": S.int_at_least(1), "seed": S.INT, "max_tokens": S.int_at_least(1), "num_fewshot": S.int_at_least(0),
-        "gsm8k_data": S.STR, "humaneval_mode": S.STR, "n": S.int_at_least(1), "temperature": S.number_in(0),
-        "allow_code_execution": S.BOOL, "exec_timeout": S.number_in(0, low_open=True),
-        "exec_workers": S.int_at_least(1), "judge_repeats": S.int_at_least(1)}
+        "judge_base_url": S.STR, "judge_concurrency": S.int_at_least(1), "concurrency": S.int_at_least(1)}
 REPORT = {"formats": S.list_of(S.STR), "plots": S.BOOL, "baseline": S.STR}
 
 
 @dataclass(frozen=True)
 class EvalSpec:
     suites: tuple[str, ...]
-    options: dict[str, Any]  # TaskOptions fields
+    shared: Any  # harness.core.options.SharedOptions
+    tasks: dict[str, Any]  # task name -> its options dataclass, for the tables given
     every_stage: bool = False
     include_base: bool = False
     backend: str = "hf"
@@ -142,7 +142,7 @@ def parse_study(data: dict[str, Any], base_dir: Path, out: str | None = None) ->
     name = data["name"]
     return Study(name=name, base_model=data["base_model"],
                  out=Path(out or data.get("out") or f"studies/{name}"), seed=seed, sources=sources, grid=grid,
-                 train=_parse_train(data.get("train", {}), seed), eval=_parse_eval(data["eval"]),
+                 train=_parse_train(data.get("train", {}), seed), eval=_parse_eval(data["eval"], seed),
                  report=_parse_report(data.get("report", {}), base_dir))
 
 
@@ -217,17 +217,32 @@ def _parse_train(t: Any, seed: int) -> Any:
     return cfg
 
 
-def _parse_eval(t: Any) -> EvalSpec:
-    from harness.tasks import resolve_suites
+def _parse_eval(t: Any, seed: int) -> EvalSpec:
+    """[eval] and its task tables, checked by building the tasks: a bad task option or a missing
+    opt-in fails here, before any data is loaded or any step is trained."""
+    from harness.core.options import SharedOptions, from_table, specs
+    from harness.tasks import build_tasks, moved_key, names, options_classes, resolve_suites
 
+    if not isinstance(t, dict):
+        S.check_table(t, EVAL, "[eval]")
+    t = dict(t)
+    task_tables = {n: t.pop(n) for n in names() if n in t}
+    shared_keys = {s.name for s in specs(SharedOptions)} & set(t)
+    shared = from_table(SharedOptions, {"seed": seed, **{k: t.pop(k) for k in shared_keys}}, "[eval]")
+    for key in t:
+        if key not in EVAL and (moved := moved_key(key)) is not None:
+            raise UsageError(f"[eval] {key}: task options moved to the task's own table; write "
+                             f"[eval.{moved[0]}] {moved[1]} = {t[key]!r}")
     t = dict(S.check_table(t, EVAL, "[eval]", hints={"model_args": " (e.g. model_args = { dtype = \"float32\" })"}))
     suites = t.pop("suites", None)
     if suites is None:
         raise UsageError("[eval] needs suites, e.g. suites = [\"gsm8k\"]")
     suites = resolve_suites(",".join(suites))
-    spec_keys = {f.name for f in fields(EvalSpec)} - {"suites", "options"}
-    options = {k: v for k, v in t.items() if k not in spec_keys}
-    return EvalSpec(suites=suites, options=options, **{k: v for k, v in t.items() if k in spec_keys})
+    options = {n: from_table(options_classes()[n], table, f"[eval.{n}]") for n, table in task_tables.items()}
+    others = ", ".join(f'"{n}"' for n in suites if n != "humaneval")
+    build_tasks(suites, options, shared, opt_in="set allow_code_execution = true in [eval]",
+                leave_out=f"suites = [{others}]" if others else "another suite")
+    return EvalSpec(suites=suites, shared=shared, tasks=options, **t)
 
 
 def _parse_report(t: Any, base_dir: Path) -> dict[str, Any]:
@@ -344,19 +359,19 @@ def train_all(study: Study, points: list[GridPoint], base: Any) -> dict[str, lis
 
 def run_config(study: Study, target: str, meta: dict[str, Any]) -> Any:
     from harness.core.models import ModelSpec, parse_model_spec
-    from harness.run.runner import JudgeOptions, RunConfig, TaskOptions
+    from harness.run.runner import JudgeOptions, RunConfig
 
     e = study.eval
     judge = JudgeOptions(spec=parse_model_spec(e.judge, e.judge_args, e.judge_base_url, flag="[eval] judge")
                          if e.judge else None, concurrency=e.judge_concurrency)
     return RunConfig(model=ModelSpec(kind=e.backend, target=target, args=dict(e.model_args)), suites=e.suites,
-                     out=study.out / "runs", task_options=TaskOptions(**{"seed": study.seed, **e.options}),
+                     out=study.out / "runs", shared=e.shared, task_options=e.tasks,
                      judge=judge, concurrency=e.concurrency, label=meta["label"], metadata=meta)
 
 
 def finished(cfg: Any) -> Path | None:
     """The run directory when a finished run with this exact configuration exists."""
-    from harness.run.runner import default_run_id
+    from harness.run.runner import default_run_id, options_record
 
     run_dir = cfg.out / default_run_id(cfg)
     try:
@@ -366,7 +381,7 @@ def finished(cfg: Any) -> Path | None:
     same = (config.get("metadata") == json.loads(json.dumps(cfg.metadata))
             and config.get("model", {}).get("target") == cfg.model.target
             and config.get("suites") == list(cfg.suites)
-            and config.get("task_options") == json.loads(json.dumps(asdict(cfg.task_options))))
+            and config.get("task_options") == json.loads(json.dumps(options_record(cfg))))
     return run_dir if same and (run_dir / "summary.json").exists() else None
 
 

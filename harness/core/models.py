@@ -55,17 +55,24 @@ class ModelSpec:
         return Path(self.target).name if is_local_path(self.target) else self.target
 
 
-def parse_model_args(text: str | None) -> dict[str, Any]:
-    """``"dtype=float32,tensor_parallel_size=2,enforce_eager=true"`` -> typed dict."""
+def parse_model_args(text: str | None, flag: str = "--model-args") -> dict[str, Any]:
+    """``"dtype=float32,tensor_parallel_size=2,enforce_eager=true"`` -> typed dict.
+
+    ``flag`` is how errors name the option (``--judge-args`` for the judge)."""
     out: dict[str, Any] = {}
     if not text:
         return out
+    example = "example: dtype=float32,max_model_len=4096"
     for part in text.split(","):
         if not part.strip():
             continue
         if "=" not in part:
-            raise UsageError(f"--model-args entry {part!r} is not key=value; example: dtype=float32,max_model_len=4096")
+            raise UsageError(f"{flag} entry {part!r} is not key=value; {example}")
         key, value = (s.strip() for s in part.split("=", 1))
+        if not key:
+            raise UsageError(f"{flag} entry {part.strip()!r} has no key before '='; {example}")
+        if key in out:
+            raise UsageError(f"{flag} gives {key} twice ({out[key]!r} and {_coerce(value)!r}); give each key once")
         out[key] = _coerce(value)
     return out
 
@@ -100,7 +107,8 @@ def parse_model_spec(text: str, model_args: str | None = None, base_url: str | N
     if kind == "openai" and not base_url and not os.environ.get("OPENAI_BASE_URL") and not os.environ.get("OPENAI_API_KEY"):
         raise UsageError(f"{flag} {text!r} needs an endpoint: pass --base-url http://host:8000/v1 "
                          "(or set OPENAI_API_KEY for api.openai.com)")
-    return ModelSpec(kind=kind, target=target, args=parse_model_args(model_args), base_url=base_url)
+    args_flag = {"--judge": "--judge-args", "--model": "--model-args"}.get(flag, f"{flag}_args")
+    return ModelSpec(kind=kind, target=target, args=parse_model_args(model_args, args_flag), base_url=base_url)
 
 
 _URL_FLAGS = {"--model": "--base-url", "--judge": "--judge-base-url"}

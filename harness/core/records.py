@@ -211,6 +211,77 @@ class JudgedTask(Task, Protocol):
                        completions: Mapping[str, Sequence[Completion]]) -> list[Request]: ...
 
 
+# -- log-likelihood requests (lm-eval's ``loglikelihood``) ---------------------------------------
+
+@dataclass(frozen=True)
+class LoglikelihoodRequest:
+    """Score ``continuation`` given ``context``: chat messages (rendered with the
+    checkpoint's chat template and its generation prompt, as training renders the
+    prefix of an assistant turn) or a raw prompt string. The continuation is the
+    text the model should produce next (an assistant reply, a reference solution)."""
+
+    id: str
+    context: tuple[Message, ...] | str
+    continuation: str
+
+    def __post_init__(self) -> None:
+        if not self.continuation:
+            raise ValueError(f"request {self.id}: the continuation is empty (nothing to score)")
+
+    @property
+    def is_chat(self) -> bool:
+        return not isinstance(self.context, str)
+
+    def to_dict(self) -> dict[str, Any]:
+        context = self.context if isinstance(self.context, str) else [asdict(m) for m in self.context]
+        return {"id": self.id, "context": context, "continuation": self.continuation}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LoglikelihoodRequest:
+        ctx = d["context"]
+        context = ctx if isinstance(ctx, str) else tuple(Message(**m) for m in ctx)
+        return cls(id=d["id"], context=context, continuation=d["continuation"])
+
+    def key(self) -> str:
+        payload = self.to_dict()
+        payload.pop("id")
+        return sha256_json({"loglikelihood": payload})
+
+
+@dataclass(frozen=True)
+class LoglikelihoodResult:
+    """``logprob_sum``: natural-log probability of the continuation's tokens given
+    the context; ``n_tokens`` of them; ``n_bytes``: UTF-8 bytes of the continuation
+    (bits per byte = -logprob_sum / ln 2 / n_bytes, comparable across tokenizers);
+    ``is_greedy``: every continuation token was the model's argmax. A request
+    that could not be scored has ``error`` set and no numbers."""
+
+    id: str
+    logprob_sum: float | None = None
+    n_tokens: int | None = None
+    n_bytes: int | None = None
+    is_greedy: bool | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LoglikelihoodResult:
+        return cls(**{k: d.get(k) for k in ("id", "logprob_sum", "n_tokens", "n_bytes", "is_greedy", "error")})
+
+
+OnScore = Callable[[int, LoglikelihoodResult], None]
+
+
+class Scorer(Protocol):
+    """An adapter that can score: ``loglikelihood`` takes every request of a pass
+    at once and returns one result per request, in order (like ``generate``)."""
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                      on_result: OnScore | None = None) -> list[LoglikelihoodResult]: ...
+
+
 def sha256_json(obj: Any) -> str:
     """Stable hash of a JSON-serialisable object (sorted keys, no whitespace)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
