@@ -149,7 +149,8 @@ def evaluate(run: Run, base: Run, max_drop: str | None, alpha: float, *,
                          "the baseline; errored items are left out of the paired test")
         verdicts.append(judge(new_t, base_t, spec, allowed, alpha))
     verdicts = decide(verdicts, alpha, holm_correction)
-    notes = [power_warning(v) for v in verdicts if 0 < v.max_drop < v.mde_any] + notes
+    # A failed metric is evidence already; the warning is for passes that cannot be evidence of no drop.
+    notes = [power_warning(v) for v in verdicts if not v.regression and 0 < v.max_drop < v.mde_any] + notes
     return verdicts, notes
 
 

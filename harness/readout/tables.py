@@ -130,7 +130,8 @@ def comparison_rows(report: Report) -> list[list[str]]:
 
 def legend(report: Report) -> str:
     text = (f"Cells: value [{report.level}% CI] in reported units (accuracy in %, MT-Bench 1-10); Wilson interval "
-            "for per-item 0/1 scores, normal interval otherwise. Items: count, errors (not scored, never counted "
+            "for per-item 0/1 scores, normal interval otherwise, clustered on the unit when a metric pools rows "
+            "nested in units (MT-Bench turn ratings within questions). Items: count, errors (not scored, never counted "
             "as a score) and the task's own coverage counts.")
     if report.baseline is not None:
         text += (f" Δ = run − baseline {md_code(report.baseline.label)} on items both runs scored, matched by id. "
