@@ -26,18 +26,18 @@ Example: ``harness run --model smollm2-135m-instruct --suite gsm8k --limit 50``
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import UsageError
+from harness.core.files import parse_jsonl, read_jsonl, read_verified
 from harness.core.options import Options, SharedOptions, option
 from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result
 from harness.core.stats import metric_means
@@ -111,45 +111,10 @@ def strip_calculator(answer: str) -> str:
     return _CALC_RE.sub("", answer)
 
 
-def read_jsonl(path: Path, required: Sequence[str],
-               check: Callable[[dict[str, Any]], str | None] | None = None) -> list[dict[str, Any]]:
-    """Rows of a jsonl(.gz) file; a malformed line, or one ``check`` objects to, fails with its number."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object "
-                                     f"per line with fields {', '.join(required)}") from None
-                missing = [k for k in required if not isinstance(row, dict) or k not in row]
-                if missing:
-                    raise UsageError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}; expected "
-                                     f"fields {', '.join(required)}")
-                if check is not None and (problem := check(row)):
-                    raise UsageError(f"{path}:{lineno}: {problem}")
-                rows.append(row)
-    except OSError as exc:
-        raise UsageError(f"cannot read data file {path} ({exc.strerror or exc}); check the path") from None
-    except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
-        raise UsageError(f"data file {path} is corrupt ({exc}); re-download it") from None
-    return rows
-
-
 @cache
 def _packaged(split: str) -> tuple[dict[str, Any], ...]:
-    path = DATA_DIR / f"{split}.jsonl.gz"
-    expected = dict(line.split()[::-1] for line in (DATA_DIR / "SHA256SUMS").read_text().splitlines())
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    if hashlib.sha256(raw).hexdigest() != expected[f"{split}.jsonl"]:
-        raise UsageError(f"packaged {path} fails its checksum; reinstall sft-harness")
-    rows = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
-    return tuple(rows)
+    raw = read_verified(DATA_DIR, f"{split}.jsonl", gzipped=True)  # SHA256SUMS covers the uncompressed file
+    return tuple(row for _, row in parse_jsonl(raw.decode("utf-8"), str(DATA_DIR / f"{split}.jsonl.gz")))
 
 
 def load_rows(source: str | None, split: str) -> list[dict[str, Any]]:

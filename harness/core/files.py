@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,13 @@ CHECKSUMS = "SHA256SUMS"
 
 # -- reading -------------------------------------------------------------------------------------
 
-def parse_jsonl(text: str, source: str, required: Sequence[str] = ()) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of ``text``; ``source`` names it in errors."""
+Check = Callable[[dict[str, Any]], str | None]  # a row's problem in words, or None
+
+
+def parse_jsonl(text: str, source: str, required: Sequence[str] = (),
+                check: Check | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of ``text``; ``source`` names it in errors.
+    ``check`` may object to a row (its words follow ``file:line:``)."""
     expected = "expected one JSON object per line" + (f" with fields {', '.join(required)}" if required else "")
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -47,6 +52,8 @@ def parse_jsonl(text: str, source: str, required: Sequence[str] = ()) -> list[tu
         missing = [k for k in required if k not in row]
         if missing:
             raise UsageError(f"{source}:{lineno}: missing field(s) {', '.join(missing)}; {expected}")
+        if check is not None and (problem := check(row)):
+            raise UsageError(f"{source}:{lineno}: {problem}")
         rows.append((lineno, row))
     return rows
 
@@ -63,14 +70,15 @@ def read_text(path: Path) -> str:
         raise UsageError(f"{path} is corrupt ({exc}); expected UTF-8 JSON lines (gzip if .gz)") from None
 
 
-def read_jsonl_numbered(path: Path, required: Sequence[str] = ()) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl_numbered(path: Path, required: Sequence[str] = (),
+                        check: Check | None = None) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) per line of a JSONL(.gz) file, for callers that cite lines later."""
-    return parse_jsonl(read_text(path), str(path), required)
+    return parse_jsonl(read_text(path), str(path), required, check)
 
 
-def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The objects of a JSONL(.gz) file, each with the ``required`` fields."""
-    return [row for _, row in read_jsonl_numbered(path, required)]
+def read_jsonl(path: Path, required: Sequence[str] = (), check: Check | None = None) -> list[dict[str, Any]]:
+    """The objects of a JSONL(.gz) file, each with the ``required`` fields and passing ``check``."""
+    return [row for _, row in read_jsonl_numbered(path, required, check)]
 
 
 # -- checksummed data ----------------------------------------------------------------------------
