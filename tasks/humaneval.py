@@ -29,8 +29,6 @@ Example: ``harness run --model smollm2-135m-instruct --suite humaneval --allow-c
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.core.errors import UsageError
+from harness.core.files import parse_jsonl, read_checksums, read_verified
 from harness.core.options import Namer, Options, SharedOptions, option
 from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
 from harness.core.stats import metric_means
@@ -82,11 +81,9 @@ def reported_ks(n: int) -> tuple[int, ...]:
 
 @cache
 def load_problems() -> tuple[dict[str, Any], ...]:
-    raw = (DATA_DIR / "HumanEval.jsonl.gz").read_bytes()
-    sums = dict(line.split()[::-1] for line in (DATA_DIR / "SHA256SUMS").read_text().splitlines())
-    if hashlib.sha256(raw).hexdigest() != sums["HumanEval.jsonl.gz"]:
-        raise UsageError(f"packaged {DATA_DIR / 'HumanEval.jsonl.gz'} fails its checksum; reinstall sft-harness")
-    return tuple(json.loads(line) for line in gzip.decompress(raw).decode().splitlines() if line.strip())
+    raw = read_verified(DATA_DIR, "HumanEval.jsonl.gz")  # SHA256SUMS covers the compressed file
+    text = gzip.decompress(raw).decode("utf-8")
+    return tuple(row for _, row in parse_jsonl(text, str(DATA_DIR / "HumanEval.jsonl.gz")))
 
 
 def truncate_at_stop(text: str, stop: Sequence[str] = STOP) -> str:
@@ -312,4 +309,4 @@ class HumanEval:
 
 
 def _data_sha256() -> str:
-    return dict(line.split()[::-1] for line in (DATA_DIR / "SHA256SUMS").read_text().splitlines())["HumanEval.jsonl.gz"]
+    return read_checksums(DATA_DIR)["HumanEval.jsonl.gz"]
