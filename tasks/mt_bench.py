@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import EngineError, UsageError
+from harness.core.files import Check, parse_jsonl, read_verified
 from harness.core.options import Options, SharedOptions, option
 from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
 from harness.core.stats import mean_stderr
@@ -92,35 +93,18 @@ class MTBenchData:
 
 
 def _verified(name: str) -> tuple[bytes, str]:
-    sums = dict(line.split()[::-1] for line in (DATA_DIR / "SHA256SUMS").read_text().splitlines() if line.strip())
-    path = DATA_DIR / name
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"packaged MT-Bench file {path} cannot be read ({exc.strerror}); reinstall sft-harness") from None
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != sums.get(name):
-        raise UsageError(f"packaged MT-Bench file {path} fails its checksum (sha256 {digest[:12]}..., expected "
-                         f"{str(sums.get(name))[:12]}... from SHA256SUMS); reinstall sft-harness")
-    return raw, digest
+    raw = read_verified(DATA_DIR, name)
+    return raw, hashlib.sha256(raw).hexdigest()
 
 
-def _rows(name: str, raw: bytes, check: Any) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+def _rows(name: str, raw: bytes, check: Check) -> list[dict[str, Any]]:
+    def guarded(row: dict[str, Any]) -> str | None:
         try:
-            row = json.loads(line)
-            problem = check(row)
-        except json.JSONDecodeError as exc:
-            problem = f"not valid JSON ({exc.msg})"
+            return check(row)
         except (TypeError, KeyError, IndexError) as exc:
-            problem = f"unexpected structure ({type(exc).__name__}: {exc})"
-        if problem:
-            raise UsageError(f"{DATA_DIR / name}:{lineno}: {problem}")
-        rows.append(row)
-    return rows
+            return f"unexpected structure ({type(exc).__name__}: {exc})"
+
+    return [row for _, row in parse_jsonl(raw.decode("utf-8"), str(DATA_DIR / name), check=guarded)]
 
 
 def _check_question(row: dict[str, Any]) -> str | None:
