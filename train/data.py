@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import UsageError
+from harness.core.files import read_jsonl_numbered
 from harness.core.records import Message
 from harness.train.classify import filter_conversations
 
@@ -120,22 +121,7 @@ def _open_text(p: Path):
 
 
 def _read_jsonl(p: Path) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    try:
-        with _open_text(p) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UsageError(f"{p}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object per line") from None
-                if not isinstance(rec, dict):
-                    raise UsageError(f"{p}:{lineno}: got a JSON {type(rec).__name__}; expected one JSON object per line")
-                out.append((f"{p}:{lineno}", rec))
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise UsageError(f"{p}: cannot be read ({exc}); expected UTF-8 JSON lines (gzip if .gz)") from None
-    return out
+    return [(f"{p}:{lineno}", rec) for lineno, rec in read_jsonl_numbered(p)]
 
 
 def _read_json(p: Path) -> list[tuple[str, dict[str, Any]]]:
