@@ -188,6 +188,10 @@ def test_tiny_study_end_to_end_then_rerun_does_nothing(tiny, tmp_path, monkeypat
     assert ckpt["dmt-k1"][1] != ckpt["mixed_sequential"][1]
     metas = [json.loads((d / "config.json").read_text())["metadata"] for d in first.run_dirs]
     assert {(m["strategy"], m["k"], m["stage"]) for m in metas} >= {("dmt", 1.0, 2), ("mixed_sequential", None, 1), ("base", None, 0)}
+    axes = {m["label"]: m["axes"] for m in metas}
+    assert axes["dmt-k1"] == {"x": ["k"], "series": ["strategy", "stage"]} and axes["base"]["x"] == []
+    # the plots follow the declared axes: k is one, fraction (1 on every run, never swept) is not
+    assert list(report.rglob("composition-k.png")) and not list(report.rglob("composition-fraction.png"))
 
     calls = []
     monkeypatch.setattr(harness.run.runner, "run", lambda cfg: calls.append(cfg))

@@ -2,8 +2,8 @@
 
 * ``bars.png``: per task, every metric as grouped bars across runs with
   their confidence-interval whiskers.
-* ``composition-k.png`` / ``composition-fraction.png`` (when runs carry
-  ``k`` or ``fraction`` in their metadata, as ``harness study`` writes it): each ability (task's primary
+* ``composition-k.png`` / ``composition-fraction.png`` (one per x axis the runs declare in
+  ``metadata["axes"]``, as ``harness study`` writes it; ``k`` or ``fraction`` for older runs): each ability (task's primary
   metric) against the parameter on a log axis, one line per strategy/source/stage,
   k = 0 drawn at a marked position left of the smallest non-zero value; runs
   without the parameter appear as dashed reference lines. The shape of Dong
@@ -101,11 +101,35 @@ def _tick(v: float) -> str:
 
 
 COMPOSITION_PARAMS = ("k", "fraction")
+# A run written by `harness study` names its own plot axes: metadata["axes"] = {"x": [numbers
+# along x, e.g. "k"], "series": [fields that split lines, e.g. "strategy", "stage"]}. Runs from
+# before that get the fields the study always wrote.
+LEGACY_AXES = {"x": COMPOSITION_PARAMS, "series": ("strategy", "source", "stage")}
+
+
+def run_axes(run: Any, kind: str) -> tuple[str, ...]:
+    """The metadata fields a run declares as ``kind`` ("x" or "series") axes."""
+    axes = run.metadata.get("axes")
+    if isinstance(axes, dict) and isinstance(axes.get(kind), list | tuple):
+        return tuple(str(a) for a in axes[kind])
+    return LEGACY_AXES[kind]
 
 
 def composition_params(report: Report) -> list[str]:
-    """Data-composition parameters some run carries: DMT's k, the data fraction of scaling runs."""
-    return [p for p in COMPOSITION_PARAMS if any(_num(r.metadata.get(p)) is not None for r in report.runs)]
+    """The x axes some run declares and carries a number for: DMT's k, the data fraction of scaling runs."""
+    declared = dict.fromkeys(p for r in report.runs for p in run_axes(r, "x"))
+    return [p for p in declared if any(_x_value(r, p) is not None for r in report.runs)]
+
+
+def _x_value(run: Any, param: str) -> float | None:
+    return _num(run.metadata.get(param)) if param in run_axes(run, "x") else None
+
+
+def series_key(run: Any, param: str) -> str:
+    """The line a run belongs to in the plot against ``param``: its series fields, then its other x axes."""
+    parts = [str(run.metadata[k]) for k in run_axes(run, "series") if run.metadata.get(k) is not None]
+    parts += [f"{k}={_tick(v)}" for k in run_axes(run, "x") if k != param and (v := _x_value(run, k)) is not None]
+    return " ".join(parts) or run.label
 
 
 def _composer(param: str) -> Any:
@@ -121,7 +145,7 @@ def _num(v: Any) -> float | None:
 
 
 def _composition(report: Report, plt: Any, param: str) -> Any:
-    values = [v for r in report.runs if (v := _num(r.metadata.get(param))) is not None]
+    values = [v for r in report.runs if (v := _x_value(r, param)) is not None]
     positive = [v for v in values if v > 0] or [1.0]
     zero_at = min(positive) / 4  # where k = 0 is drawn on the log axis
     tasks = task_names(report)
@@ -139,15 +163,13 @@ def _composition_panel(ax: Any, report: Report, task: str, param: str, zero_at: 
     for i, (run, row) in enumerate(_series(report, task, metric)):
         if row is None or not math.isfinite(row.value):
             continue
-        v = _num(run.metadata.get(param))
-        if v is None and any(_num(run.metadata.get(p)) is not None for p in COMPOSITION_PARAMS):
+        v = _x_value(run, param)
+        if v is None and any(_x_value(run, p) is not None for p in run_axes(run, "x")):
             continue  # belongs to the other parameter's plot
         if v is None:  # a reference run (e.g. multi-task) without any composition parameter
             ax.axhline(row.value, ls="--", lw=1, color=f"C{(i + 5) % 10}", label=run.label)
             continue
-        key = " ".join(str(run.metadata[k]) for k in ("strategy", "source", "stage")
-                       if run.metadata.get(k) is not None)
-        groups.setdefault(key or run.label, []).append((v if v > 0 else zero_at, row))
+        groups.setdefault(series_key(run, param), []).append((v if v > 0 else zero_at, row))
     for j, (name, pts) in enumerate(sorted(groups.items())):
         pts.sort(key=lambda p: p[0])
         rows = [p[1] for p in pts]
