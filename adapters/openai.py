@@ -48,7 +48,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 from harness.core.env import scrub
 from harness.core.errors import EngineError, UsageError
 from harness.core.models import ModelSpec, check_base_url
-from harness.core.records import Completion, OnResult, Request
+from harness.core.records import (
+    Completion,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    OnResult,
+    OnScore,
+    Request,
+)
 
 log = logging.getLogger("harness")
 
@@ -190,6 +197,7 @@ class OpenAIAdapter:
             health_check(spec, role)
         self._openai = openai
         self._warned_timeout = False
+        self._score_max_tokens: int | None = None  # set by the scoring probe: 0, or 1 where 0 is refused
         self._loop = asyncio.new_event_loop()
         self._client = openai.AsyncOpenAI(**self.endpoint.client_kwargs(), timeout=self.options.timeout,
                                           max_retries=0)
@@ -206,10 +214,26 @@ class OpenAIAdapter:
 
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Completion]:
         """All requests at once, bounded by the semaphore; ``on_result`` runs in this thread."""
+        return self._run_pass(list(requests), on_result, self._call,
+                              lambda r, error: Completion(id=r.id, error=error))
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                      on_result: OnScore | None = None) -> list[LoglikelihoodResult]:
+        """Scores through ``POST /completions`` with ``echo``, ``logprobs=1`` and ``max_tokens=0``
+        (``adapters/openai_scoring.py``); the endpoint is probed once before any request."""
+        from harness.adapters.openai_scoring import check_chat_free, probe_scoring, score_call
+
+        check_chat_free(requests, self.name)
+        if requests and self._score_max_tokens is None:
+            self._score_max_tokens = self._loop.run_until_complete(probe_scoring(self))
+        return self._run_pass(list(requests), on_result, lambda r: score_call(self, r),
+                              lambda r, error: LoglikelihoodResult(id=r.id, error=error))
+
+    def _run_pass(self, requests: list[Any], on_result: Any, call: Any, failed: Any) -> list[Any]:
         if not requests:
             return []
         try:
-            return self._loop.run_until_complete(self._generate(list(requests), on_result))
+            return self._loop.run_until_complete(self._generate(requests, on_result, call, failed))
         except BaseException:
             self._cancel_pending()  # Ctrl-C or a failing callback: no request left running
             raise
@@ -221,10 +245,10 @@ class OpenAIAdapter:
         if pending and not self._loop.is_running():
             self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
-    async def _generate(self, requests: list[Request], on_result: OnResult | None) -> list[Completion]:
+    async def _generate(self, requests: list[Any], on_result: Any, call: Any, failed: Any) -> list[Any]:
         sem = asyncio.Semaphore(self.concurrency)
-        out: list[Completion | None] = [None] * len(requests)
-        tasks = [asyncio.ensure_future(self._one(i, r, sem)) for i, r in enumerate(requests)]
+        out: list[Any] = [None] * len(requests)
+        tasks = [asyncio.ensure_future(self._one(i, r, sem, call, failed)) for i, r in enumerate(requests)]
         try:
             for fut in asyncio.as_completed(tasks):
                 i, comp = await fut
@@ -240,15 +264,17 @@ class OpenAIAdapter:
             await asyncio.gather(*tasks, return_exceptions=True)
         return [c for c in out if c is not None]
 
-    async def _one(self, i: int, req: Request, sem: asyncio.Semaphore) -> tuple[int, Completion]:
+    async def _one(self, i: int, req: Any, sem: asyncio.Semaphore, call: Any, failed: Any) -> tuple[int, Any]:
         async with sem:
-            return i, await self._with_retries(req)
+            return i, await self._with_retries(req, call, failed)
 
-    async def _with_retries(self, req: Request) -> Completion:
+    async def _with_retries(self, req: Any, call: Any, failed: Any) -> Any:
+        """``call(req)`` with the retry policy; ``failed(req, error_text)`` is the result of a request
+        that still fails after its retries (or fails for good)."""
         attempts = self.options.max_retries + 1
         for attempt in range(attempts):
             try:
-                return await self._call(req)
+                return await call(req)
             except Exception as exc:  # every failure is classified below
                 verdict = classify(exc, self._openai)
                 last = attempt == attempts - 1
@@ -257,7 +283,7 @@ class OpenAIAdapter:
                                       f"({connect_reason(exc)}) after {attempts} attempts: the server is gone") \
                         from None
                 if verdict == "final" or last:
-                    return Completion(id=req.id, error=self._error_text(exc, attempt + 1))
+                    return failed(req, self._error_text(exc, attempt + 1))
                 self._warn_timeout(exc)
                 await asyncio.sleep(self._delay(attempt, exc))
         raise AssertionError("unreachable")

@@ -113,8 +113,9 @@ class StubServer:
     """The server; a context manager that starts it on a free port and stops it."""
 
     def __init__(self, behaviour: Behaviour = echo, models: tuple[str, ...] = ("stub",), latency: float = 0.0,
-                 port: int = 0, max_stop: int | None = None) -> None:
+                 port: int = 0, max_stop: int | None = None, scoring: bool = True) -> None:
         self.behaviour = behaviour
+        self.scoring = scoring  # answer echo=true + logprobs (prompt scoring), as vllm serve does
         self.max_stop = max_stop  # refuse more stop strings than this with a 400, as OpenAI refuses more than 4
         self.models = models
         self.latency = latency  # added to every completion call, before the behaviour's own delay
@@ -271,7 +272,26 @@ def _refusal(stub: StubServer, body: Mapping[str, Any]) -> str | None:
     if stub.max_stop is not None and len(stops) > stub.max_stop:
         return (f"Invalid 'stop': array too long. Expected an array with maximum length {stub.max_stop}, "
                 f"but got an array with length {len(stops)} instead.")
+    if body.get("echo") and not stub.scoring:
+        return "echo is not supported for this model"
     return None
+
+
+def char_logprob(ch: str) -> float:
+    """The stub's 'model' for echo scoring: one token per character, a fixed log-probability each."""
+    return -((ord(ch) % 7) + 1) / 8
+
+
+def char_top(ch: str) -> str:
+    """The stub's argmax token at the position of ``ch``: ``ch`` itself unless ord(ch) is a multiple of 3."""
+    return ch if ord(ch) % 3 else "#"
+
+
+def _echo_logprobs(prompt: str) -> dict[str, Any]:
+    values = [None] + [char_logprob(c) for c in prompt[1:]]
+    tops = [None] + [{char_top(c): char_logprob(c) if char_top(c) == c else -0.01} for c in prompt[1:]]
+    return {"tokens": list(prompt), "token_logprobs": values, "top_logprobs": tops,
+            "text_offset": list(range(len(prompt)))}
 
 
 def _error_body(status: int, message: str) -> bytes:
@@ -289,6 +309,13 @@ def _reply_body(call: Call, reply: Reply) -> bytes:
     usage = {"prompt_tokens": len(call.content.split()), "completion_tokens": len(text.split()) * n}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     common = {"id": f"stub-{len(call.content)}", "created": 0, "model": body.get("model", "stub"), "usage": usage}
+    if call.path == "/v1/completions" and body.get("echo"):
+        prompt = call.content
+        generated = text[:1] if body.get("max_tokens") else ""
+        logprobs = _echo_logprobs(prompt + generated)
+        choices = [{"index": i, "text": prompt + generated, "finish_reason": "length", "logprobs": logprobs}
+                   for i in range(n)]
+        return json.dumps({**common, "object": "text_completion", "choices": choices}).encode()
     if call.path == "/v1/completions":
         choices = [{"index": i, "text": text, "finish_reason": "stop", "logprobs": None} for i in range(n)]
         return json.dumps({**common, "object": "text_completion", "choices": choices}).encode()
