@@ -213,8 +213,10 @@ class HumanEval:
         self.max_tokens = shared.max_tokens or 512
         self.ks = reported_ks(self.n)
         kind = "binary" if self.n == 1 else "continuous"
+        # One value per problem (the unbiased pass@k over its n samples): the problem is the sampled unit,
+        # so samples of one problem are never treated as independent.
         self.metrics = tuple(MetricSpec(f"pass@{k}", key=f"pass@{k}", kind="binary" if k == self.n == 1 else kind,
-                                        primary=k == 1) for k in self.ks)
+                                        primary=k == 1, unit="problem") for k in self.ks)
         from harness.sandbox import Limits, Sandbox
         self.sandbox = Sandbox(Limits(timeout=options.exec_timeout, cpu_seconds=int(options.exec_timeout) + 1),
                                workers=options.exec_workers)

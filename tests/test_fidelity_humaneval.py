@@ -70,3 +70,10 @@ def test_wrong_revision_last_fails_the_tests() -> None:
 def test_only_non_python_blocks_fall_back_to_the_text() -> None:
     reply = "Run:\n```bash\necho hi\n```"
     assert he.extract_code(reply, "truncate_number") == reply
+
+
+def test_samples_of_one_problem_form_one_unit() -> None:
+    """n > 1 samples per problem: every metric is one value per problem, and says so."""
+    task = he.HumanEval(he.HumanEvalOptions(n=4, temperature=0.8))
+    assert {m.unit for m in task.metrics} == {"problem"}
+    assert all(m.weight is None for m in task.metrics)  # one value per problem: nothing to pool
