@@ -471,7 +471,7 @@ def run_study(study: Study, dry_run: bool = False, train_only: bool = False) -> 
 
 
 def _write_index(study: Study, points: list[GridPoint], ckpts: dict[str, list[Any]], run_dirs: list[Path]) -> None:
-    from harness.core.journal import write_json_atomic
+    from harness.core.files import write_json_atomic
 
     write_json_atomic(study.out / "study.json", {
         "name": study.name, "base_model": study.base_model, "train": asdict(study.train),

@@ -28,7 +28,8 @@ from typing import Any
 
 from harness import RUN_FORMAT, __version__
 from harness.core.errors import UsageError
-from harness.core.journal import Journal, write_json_atomic, write_jsonl_atomic
+from harness.core.files import write_json_atomic, write_jsonl_atomic
+from harness.core.journal import Journal
 from harness.core.models import ModelSpec
 from harness.core.records import Completion, Example, Request, Result, Task, sha256_json
 from harness.run.passes import GENERATION, JUDGMENT, journaled, pass_keys
