@@ -3,6 +3,7 @@
     harness run --model smollm2-135m-instruct --suite all --limit 50
     harness report runs/A runs/B --baseline runs/A
     harness check runs/new --baseline runs/base --max-drop gsm8k=1.0
+    harness score runs/A                      # re-score from files, no model
     harness study study.toml
 
 User mistakes (``UsageError``) print one line and exit 2; a dead engine
@@ -76,6 +77,13 @@ def _check_parser(sub: argparse._SubParsersAction) -> None:
                    help="test each gated metric at --alpha (default: Holm over the gated metrics)")
 
 
+def _score_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="re-score a finished run from its files (no model is loaded)")
+    p.add_argument("run_dir", help="run directory written by `harness run`")
+    p.add_argument("--replace", action="store_true",
+                   help="write a summary that differs from the recorded one (the old one is kept beside it)")
+
+
 def _study_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="train checkpoints under data-composition strategies, evaluate, report")
     p.add_argument("study_file")
@@ -92,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _report_parser(sub)
     _check_parser(sub)
+    _score_parser(sub)
     _study_parser(sub)
     sub.add_parser("tasks", help="list the available tasks")
     return parser
@@ -105,6 +114,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         from harness.readout.report import main_report
         return main_report(args)
+    if args.command == "score":
+        from harness.run.score import main_score
+        return main_score(args)
     if args.command == "check":
         from harness.readout.gate import main_check
         return main_check(args)

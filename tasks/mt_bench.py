@@ -17,9 +17,11 @@ reasoning and coding; the judge runs at temperature 0 with 2048 max tokens and
 its rating is the first ``[[N]]`` (fallback ``[N]``). Where we differ, on
 purpose: an unparsable judgment, a rating outside 1-10 or a failed judge call
 is an error that is counted and shown (coverage per turn), never a -1 dropped
-later; judgments are journaled per (question, turn, answer hash, judge
-identity, prompt version, repeat) so a rerun re-judges nothing; and
-``--judge-repeats R`` reports the spread across repeats.
+later; the task only declares its judge requests (``judge_requests``) and
+the runner sends them through its journaled pass, keyed on the judge's
+identity and the full prompt (answers and prompt version included), so a
+rerun re-judges nothing; and ``--judge-repeats R`` reports the spread across
+repeats.
 
 Example: ``harness run --model smollm2-135m-instruct --suite mt_bench --judge hf:smollm2-135m-instruct --limit 8``
 """
@@ -27,7 +29,6 @@ Example: ``harness run --model smollm2-135m-instruct --suite mt_bench --judge hf
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -38,15 +39,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import EngineError, UsageError
+from harness.core.errors import UsageError
 from harness.core.files import Check, parse_jsonl, read_verified
 from harness.core.options import Options, SharedOptions, option
-from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result, sha256_json
+from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result
 from harness.core.stats import mean_stderr
 
 DATA_DIR = Path(__file__).parent / "data" / "mt_bench"
 DATA_FILES = ("question.jsonl", "reference_answer_gpt-4.jsonl", "judge_prompts.jsonl", "LICENSE")
-JOURNAL = "mt_bench.judgments.jsonl"
 
 # FastChat llm_judge/common.py `temperature_config`, in question-file order.
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "reasoning": 0.0, "math": 0.0, "coding": 0.0,
@@ -61,9 +61,6 @@ PROMPTS = {(False, 1): "single-v1", (True, 1): "single-math-v1",
            (False, 2): "single-v1-multi-turn", (True, 2): "single-math-v1-multi-turn"}
 GPT4_JUDGES = ("gpt-4", "gpt-4-0613")  # the judge of the published MT-Bench numbers
 OPENAI_API_URL = "https://api.openai.com/v1"
-# Adapter options that do not change what a judge answers; left out of its identity.
-VOLATILE_JUDGE_FIELDS = frozenset({"concurrency", "timeout", "request_timeout", "max_retries", "retries",
-                                   "backoff", "backoff_seconds", "api_key", "started_at", "load_seconds"})
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -180,13 +177,10 @@ def is_gpt4_judge(spec: Any) -> bool:
     return url == OPENAI_API_URL
 
 
-def judge_identity(judge: Any, spec: Any) -> dict[str, Any]:
-    """What makes two judges the same judge: the spec and the adapter's non-volatile description."""
-    from harness.core.env import redact
-
-    desc = {k: v for k, v in dict(judge.describe()).items() if k not in VOLATILE_JUDGE_FIELDS}
-    label = f"{spec.kind}:{spec.target}" if spec is not None else getattr(judge, "name", "judge")
-    return redact({"spec": label, "adapter": desc})
+@dataclass(frozen=True)
+class JudgeLabel:
+    spec: str | None  # "kind:target" of the judge, as recorded
+    comparable: bool  # GPT-4 on OpenAI's endpoint: comparable to published MT-Bench numbers
 
 
 @dataclass(frozen=True)
@@ -196,11 +190,6 @@ class JudgeJob:
     repeat: int
     prompt: str  # versioned prompt name
     request: Request
-    key: str
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _answers(comps: Sequence[Completion]) -> list[str | None]:
@@ -249,8 +238,6 @@ class MTBench:
         self.seed = shared.seed
         self.repeats = options.judge_repeats
         self.judge_max_tokens = options.judge_max_tokens
-        self._judge_label: str | None = None
-        self._comparable: bool | None = None
 
     def load(self, limit: int | None = None) -> list[Example]:
         data = load_data()
@@ -279,8 +266,20 @@ class MTBench:
 
     # -- scoring ------------------------------------------------------------------------------------
 
-    def _jobs(self, examples: Sequence[Example], completions: Mapping[str, Sequence[Completion]],
-              judge_id: str) -> list[JudgeJob]:
+    def judge_requests(self, examples: Sequence[Example],
+                       completions: Mapping[str, Sequence[Completion]]) -> list[Request]:
+        """The judge requests for these answers (a pure function: the runner sends and journals them).
+
+        Their content (prompt text, answers, sampling) is their journal key, with
+        the judge's identity: an edited prompt, a changed answer or another judge
+        is judged anew, and everything else is reused."""
+        return [j.request for j in self._jobs(examples, completions)]
+
+    def judgment_final(self, completion: Completion) -> bool:
+        # A reply without a rating in 1-10 is asked again on a rerun (failed calls always are).
+        return judge_outcome(completion)["rating"] is not None
+
+    def _jobs(self, examples: Sequence[Example], completions: Mapping[str, Sequence[Completion]]) -> list[JudgeJob]:
         prompts = load_data().prompts
         jobs = []
         for ex in examples:
@@ -295,35 +294,34 @@ class MTBench:
                           {"question_1": q1, "question_2": q2, "answer_1": answers[0], "answer_2": answers[1]})
                 if ref is not None:
                     fields |= {"ref_answer_1": ref[0], "ref_answer_2": ref[1]}
-                answer_sha = _sha(json.dumps(answers[:turn]))
                 for rep in range(self.repeats):
                     req = Request(id=f"{ex.id}#judge-t{turn}-r{rep}", messages=prompt.render(**fields),
                                   max_tokens=self.judge_max_tokens, temperature=JUDGE_TEMPERATURE)
-                    key = sha256_json({"question": ex.id, "turn": turn, "answer_sha256": answer_sha,
-                                       "judge": judge_id, "prompt": prompt.version, "repeat": rep,
-                                       "sampling": [req.max_tokens, req.temperature]})
-                    jobs.append(JudgeJob(ex.id, turn, rep, prompt.version, req, key))
+                    jobs.append(JudgeJob(ex.id, turn, rep, prompt.version, req))
         return jobs
 
     def score(self, examples: Sequence[Example], completions: Mapping[str, Sequence[Completion]],
               ctx: Any) -> list[Result]:
+        """Ratings from the judge completions the runner hands over in ``ctx.judgments`` (by request id)."""
+        from harness.core.env import scrub
+
         spec = getattr(ctx, "judge_spec", None)
-        judge = ctx.judge()
-        identity = judge_identity(judge, spec)
-        self._judge_label, self._comparable = identity["spec"], is_gpt4_judge(spec)
-        jobs = self._jobs(examples, completions, sha256_json(identity))
-        journal = ctx.journal(JOURNAL)
-        todo = [j for j in jobs if (journal.get(j.key) or {}).get("rating") is None]
-        ctx.log(f"judge: {self._judge_label} | {len(jobs)} judgments, {len(jobs) - len(todo)} already journaled, "
-                f"{len(todo)} to run")
-        if todo:
-            _run_judge(judge, todo, journal, ctx, identity)
-        outcomes = {j.key: journal.get(j.key) for j in jobs}
-        return [self._result(ex, completions[ex.id], [j for j in jobs if j.example_id == ex.id], outcomes)
-                for ex in examples]
+        judge = JudgeLabel(f"{spec.kind}:{spec.target}" if spec is not None else None, is_gpt4_judge(spec))
+        jobs = self._jobs(examples, completions)
+        outcomes: dict[str, dict[str, Any] | None] = {}
+        for job in jobs:
+            comp = ctx.judgments.get(job.request.id)
+            outcome = judge_outcome(comp) if comp is not None else None
+            if outcome is not None and outcome["error"]:
+                outcome["error"] = scrub(outcome["error"])
+            outcomes[job.request.id] = outcome
+        by_example: dict[str, list[JudgeJob]] = {}
+        for job in jobs:
+            by_example.setdefault(job.example_id, []).append(job)
+        return [self._result(ex, completions[ex.id], by_example.get(ex.id, []), outcomes, judge) for ex in examples]
 
     def _result(self, ex: Example, comps: Sequence[Completion], jobs: list[JudgeJob],
-                outcomes: Mapping[str, dict[str, Any] | None]) -> Result:
+                outcomes: Mapping[str, dict[str, Any] | None], judge: JudgeLabel) -> Result:
         scores: dict[str, float] = {}
         extracted: dict[str, Any] = {}
         turn_errors: dict[str, str] = {}
@@ -334,7 +332,8 @@ class MTBench:
             if gen_error is not None or not tjobs:
                 turn_errors[f"turn{turn}"] = f"generation failed: {gen_error or 'no answer'}"
                 continue
-            recs = [outcomes.get(j.key) or {"rating": None, "judgment": None, "error": "no judgment"} for j in tjobs]
+            recs = [outcomes.get(j.request.id) or {"rating": None, "judgment": None, "error": "no judgment"}
+                    for j in tjobs]
             ratings = [r["rating"] for r in recs]
             judge_errors += sum(r is None for r in ratings)
             extracted[f"turn{turn}"] = {"ratings": ratings, "judgments": [r["judgment"] for r in recs],
@@ -346,9 +345,9 @@ class MTBench:
                 turn_errors[f"turn{turn}"] = next(r["error"] for r in recs)
         if scores:
             scores["score"] = _mean([scores[t] for t in ("turn1", "turn2") if t in scores])
-        info = {"category": ex.data["category"], "judge": self._judge_label, "repeats": self.repeats,
+        info = {"category": ex.data["category"], "judge": judge.spec, "repeats": self.repeats,
                 "judge_errors": judge_errors, "turn_errors": turn_errors,
-                "judge_comparable_to_gpt4": self._comparable}
+                "judge_comparable_to_gpt4": judge.comparable}
         error = None if scores else "no turn judged: " + "; ".join(f"{k}: {v}" for k, v in turn_errors.items())
         return Result(id=ex.id, scores=scores, extracted=extracted, error=error, info=info)
 
@@ -377,13 +376,10 @@ class MTBench:
         return out
 
     def describe(self) -> dict[str, Any]:
+        # Which judge graded a run is recorded by the runner (summary "judge", per-item info, and the
+        # judge_comparable_to_gpt4 metric): this description depends on the options alone.
         data = load_data()
-        comparable = self._comparable
-        note = None if comparable is None else (
-            "judged by GPT-4 as in the published MT-Bench" if comparable else
-            f"judged by {self._judge_label}, not GPT-4: not comparable to GPT-4-judged MT-Bench scores")
-        return {"judge": self._judge_label, "judge_comparable_to_gpt4": comparable, "judge_note": note,
-                "judge_prompts": {name: data.prompts[name].version for name in PROMPTS.values()},
+        return {"judge_prompts": {name: data.prompts[name].version for name in PROMPTS.values()},
                 "judge_temperature": JUDGE_TEMPERATURE, "judge_max_tokens": self.judge_max_tokens,
                 "judge_repeats": self.repeats, "reference_answers": "gpt-4 (math, reasoning, coding)",
                 "temperatures": dict(TEMPERATURE), "max_tokens": self.max_tokens, "seed": self.seed,
@@ -409,36 +405,3 @@ def _repeat_spread(results: Sequence[Result]) -> dict[str, float]:
         out |= {"score_repeat_sd": statistics.stdev(per_repeat), "score_repeat_min": min(per_repeat),
                 "score_repeat_max": max(per_repeat)}
     return out
-
-
-def _run_judge(judge: Any, jobs: Sequence[JudgeJob], journal: Any, ctx: Any, identity: Mapping[str, Any]) -> None:
-    """One batched judge pass; each judgment is journaled as it lands, so a kill loses only those in flight."""
-    from harness.core.env import scrub
-
-    bar = ctx.progress("mt_bench judge", len(jobs))
-    written: set[int] = set()
-
-    def on_result(i: int, comp: Completion) -> None:
-        if i in written:
-            return
-        written.add(i)
-        job, outcome = jobs[i], judge_outcome(comp)
-        if outcome["error"]:
-            outcome["error"] = scrub(outcome["error"])
-        journal.append(job.key, {"question": job.example_id, "turn": job.turn, "repeat": job.repeat,
-                                 "prompt": job.prompt, "judge": identity["spec"], **outcome})
-        bar.update(1)
-
-    try:
-        out = judge.generate([j.request for j in jobs], on_result=on_result)
-        if len(out) != len(jobs):
-            raise EngineError(f"judge {identity['spec']} returned {len(out)} judgments for {len(jobs)} requests")
-        for i, comp in enumerate(out):
-            on_result(i, comp)  # for adapters that do not stream results through the callback
-    except (EngineError, UsageError):
-        raise
-    except Exception as exc:  # the judge itself died: keep what was journaled
-        raise EngineError(f"judge {identity['spec']} failed: {type(exc).__name__}: {scrub(str(exc))}") from exc
-    finally:
-        journal.sync()
-        bar.close()

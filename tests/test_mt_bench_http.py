@@ -28,9 +28,11 @@ from openai_stub import Call, Reply, StubServer
 from harness.core.journal import read_records
 from harness.core.models import ModelSpec
 from harness.core.records import Completion
-from harness.run.runner import RunContext, TaskOptions
+from harness.run.passes import judge_task
+from harness.run.runner import connect_adapter
+from harness.run.score import ScoreRun
 from harness.tasks import mt_bench
-from harness.tasks.mt_bench import MTBench
+from harness.tasks.mt_bench import MTBench, judge_outcome
 
 pytest.importorskip("openai")
 
@@ -91,11 +93,16 @@ def _completions(examples: list[Any]) -> dict[str, list[Completion]]:
 
 
 def test_scripted_judge_over_http_gives_hand_computed_means(tmp_path: Path) -> None:
-    task = MTBench(TaskOptions())
+    task = MTBench()
     examples = task.load(6)
     with server(_scripted) as stub:
         spec = ModelSpec("openai", "judge", dict(FAST), stub.url)
-        ctx = RunContext(tmp_path, spec, judge_concurrency=4)
+        judge = connect_adapter(spec, "judge", chat_template=None, concurrency=4, needs_chat=True)
+        try:  # the runner's judge pass, then scoring from its judgments
+            judgments = judge_task(task, examples, _completions(examples), judge, tmp_path)
+        finally:
+            judge.close()
+        ctx = ScoreRun(tmp_path, judgments, spec)
         try:
             results = task.score(examples, _completions(examples), ctx)
         finally:
@@ -170,11 +177,22 @@ def _expected(offset: int = 0) -> dict[str, float]:
             "score": sum(r[q, 1] + r[q, 2] for q in qids) / (2 * LIMIT)}
 
 
+JUDGMENTS = "mt_bench.judgments.jsonl"  # the runner's judge journal: one record per judge request
+
+
+def _judged(record: dict[str, Any]) -> tuple[int, int]:
+    """(question id, turn) of a judge journal record (request ids are "mt_bench/81#judge-t1-r0")."""
+    qid, _, rest = record["request_id"].partition("#judge-t")
+    return int(qid.split("/")[1]), int(rest.split("-")[0])
+
+
 def _kill_when_judging(proc: subprocess.Popen[str], journal: Path, timeout: float = 120) -> int:
     """SIGKILL ``proc`` once some judgments are durably journaled and others are not; return how many were."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = sum(1 for r in read_records(journal) if r.get("rating") is not None) if journal.exists() else 0
+        done = sum(1 for r in read_records(journal)
+                   if judge_outcome(Completion.from_dict(r["completion"]))["rating"] is not None) \
+            if journal.exists() else 0
         if 0 < done < 2 * LIMIT:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
@@ -193,9 +211,9 @@ def test_kill_during_judging_then_rerun_makes_no_duplicate_judge_calls(tmp_path:
     with server(_slow_judge()) as stub:
         proc = subprocess.Popen(_cmd(stub, out), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        _kill_when_judging(proc, run_dir / mt_bench.JOURNAL)
-        finished = {(int(r["question"].split("/")[1]), r["turn"]) for r in read_records(run_dir / mt_bench.JOURNAL)
-                    if r.get("rating") is not None}
+        _kill_when_judging(proc, run_dir / JUDGMENTS)
+        finished = {_judged(r) for r in read_records(run_dir / JUDGMENTS)
+                    if judge_outcome(Completion.from_dict(r["completion"]))["rating"] is not None}
         model_calls_before = len(judge_calls(stub, "model"))
         stub.reset()
         _run(_cmd(stub, out), env)
@@ -223,7 +241,7 @@ def test_no_api_key_or_secret_lands_in_the_run_directory(tmp_path: Path) -> None
         res = _run(_cmd(stub, out, concurrency=8), env)
         assert all(c.authorization == f"Bearer {SECRET}" for c in stub.calls)  # the key really was in use
     files = [p for p in (out / "e2e").rglob("*") if p.is_file()]
-    assert {"config.json", "summary.json", "mt_bench.samples.jsonl", mt_bench.JOURNAL} <= {p.name for p in files}
+    assert {"config.json", "summary.json", "mt_bench.samples.jsonl", JUDGMENTS} <= {p.name for p in files}
     for p in files:
         blob = p.read_bytes()
         for secret in (SECRET, OTHER_SECRET):

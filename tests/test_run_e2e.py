@@ -86,3 +86,26 @@ def test_report_over_two_runs_has_both_rows(model: Path, tmp_path: Path, capsys,
     assert main(["report", *map(str, runs)]) == 0
     table = capsys.readouterr().out
     assert "first" in table and "second" in table
+
+
+def test_journaled_rerun_loads_no_weights_and_a_new_task_version_regenerates_nothing(
+        model: Path, tmp_path: Path, monkeypatch, isolated_caches) -> None:
+    import harness.adapters.hf as hf
+    from harness.tasks.gsm8k import GSM8K
+
+    out = tmp_path / "runs"
+    args = ["run", "--model", f"hf:{model}", "--suite", "gsm8k", "--limit", "2", "--max-tokens", "4", "--out", str(out)]
+    assert main(args) == 0
+    rd = run_dir_of(out)
+    journal = (rd / "gsm8k.generations.jsonl").read_bytes()
+
+    def no_load(*_: object, **__: object) -> None:
+        raise AssertionError("the model was loaded although every request was journaled")
+
+    monkeypatch.setattr(hf.HFAdapter, "__init__", no_load)
+    monkeypatch.setattr(GSM8K, "version", "1-fixed")  # a scorer fix
+    assert main(args) == 0
+    assert (rd / "gsm8k.generations.jsonl").read_bytes() == journal  # nothing regenerated
+    assert json.loads((rd / "summary.json").read_text())["tasks"]["gsm8k"]["version"] == "1-fixed"
+    config = json.loads((rd / "config.json").read_text())
+    assert len(config["adapter"]["fingerprint"]) == 64  # the adapter recorded on the first run is kept

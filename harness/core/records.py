@@ -210,6 +210,10 @@ class JudgedTask(Task, Protocol):
     def judge_requests(self, examples: Sequence[Example],
                        completions: Mapping[str, Sequence[Completion]]) -> list[Request]: ...
 
+    def judgment_final(self, completion: Completion) -> bool:
+        """A successful judge reply the task can use; others are asked again on a rerun."""
+        ...
+
 
 # -- log-likelihood requests (lm-eval's ``loglikelihood``) ---------------------------------------
 

@@ -87,24 +87,30 @@ def journaled(journal: Journal, requests: Sequence[Keyed], keys: Sequence[str], 
     return out
 
 
-def pending(journal: Journal, requests: Sequence[Keyed], identity: dict[str, Any], spec: PassSpec) -> int:
+Final = Callable[[Any], bool]  # is a successful result final, or asked again on a rerun?
+
+
+def pending(journal: Journal, requests: Sequence[Keyed], identity: dict[str, Any], spec: PassSpec,
+            final: Final | None = None) -> int:
     """How many requests a pass would send to the engine (0: the engine need not even be loaded)."""
     keys = pass_keys(identity, requests)
-    return sum(not _reusable(journal.get(k), spec) for k in keys)
+    return sum(not _reusable(journal.get(k), spec, final) for k in keys)
 
 
 def run_pass(call: Callable[[], Call], requests: Sequence[R], journal: Journal, identity: dict[str, Any],
-             spec: PassSpec, desc: str, engine: str) -> list[Any]:
+             spec: PassSpec, desc: str, engine: str, final: Final | None = None) -> list[Any]:
     """Send what the journal lacks through ``call()`` (built only if needed); return every result.
 
     ``call`` is a factory so an engine is loaded only when a request is
-    missing. An engine that dies mid-pass raises ``EngineError`` with every
-    finished result already journaled.
+    missing. A journaled result is reused unless it failed or ``final`` says
+    it is not usable (an unparsable judgment is asked again on a rerun). An
+    engine that dies mid-pass raises ``EngineError`` with every finished
+    result already journaled.
     """
     from tqdm import tqdm
 
     keys = pass_keys(identity, requests)
-    todo = [i for i, k in enumerate(keys) if not _reusable(journal.get(k), spec)]
+    todo = [i for i, k in enumerate(keys) if not _reusable(journal.get(k), spec, final)]
     if todo:
         bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc=desc, unit="req", dynamic_ncols=True)
         try:
@@ -142,8 +148,10 @@ def _send(call: Callable[[], Call], requests: Sequence[R], keys: list[str], todo
         raise EngineError(f"{engine} failed during {desc}: {type(exc).__name__}: {scrub(str(exc))}") from exc
 
 
-def _reusable(rec: dict[str, Any] | None, spec: PassSpec) -> bool:
-    return rec is not None and spec.field in rec and rec[spec.field].get("error") is None
+def _reusable(rec: dict[str, Any] | None, spec: PassSpec, final: Final | None) -> bool:
+    if rec is None or spec.field not in rec or rec[spec.field].get("error") is not None:
+        return False
+    return final is None or final(spec.decode(rec[spec.field]))
 
 
 def _no_completion(request_id: str) -> Completion:
@@ -157,11 +165,12 @@ JUDGMENT = GENERATION  # a judge is just another generator; its records have the
 class LazyAdapter:
     """An adapter known by its output identity, built only when a pass has work for it."""
 
-    def __init__(self, identity: dict[str, Any], build: Callable[[], Any], label: str) -> None:
+    def __init__(self, identity: dict[str, Any], build: Callable[[], Any], label: str, prebuilt: Any = None) -> None:
         self.identity = identity
         self.label = label
         self._build = build
         self._adapter: Any = None
+        self._prebuilt = prebuilt  # a client built at preflight (no weights): closed even if never used
 
     @property
     def loaded(self) -> bool:
@@ -181,10 +190,11 @@ class LazyAdapter:
         return self._adapter.describe() if self._adapter is not None else self.identity
 
     def close(self) -> None:
-        close = getattr(self._adapter, "close", None)
-        if callable(close):
-            close()
-        self._adapter = None
+        for adapter in {id(a): a for a in (self._adapter, self._prebuilt) if a is not None}.values():
+            close = getattr(adapter, "close", None)
+            if callable(close):
+                close()
+        self._adapter = self._prebuilt = None
 
 
 def generate_task(task: Task, examples: Sequence[Example], model: LazyAdapter,
@@ -211,11 +221,12 @@ def judge_task(task: Task, examples: Sequence[Example], completions: Mapping[str
     """The task's judge requests (a pure function of its completions) through the journaled pass."""
     t0 = time.monotonic()
     reqs = task.judge_requests(examples, completions)
+    final = task.judgment_final
     with Journal(run_dir / f"{task.name}.judgments.jsonl") as journal:
-        todo = pending(journal, reqs, judge.identity, JUDGMENT)
+        todo = pending(journal, reqs, judge.identity, JUDGMENT, final)
         log.info("judge: %s | %d judgments, %d already journaled, %d to run", judge.label, len(reqs),
                  len(reqs) - todo, todo)
         done = run_pass(judge.generate_call, reqs, journal, judge.identity, JUDGMENT, f"{task.name} judge",
-                        f"judge {judge.label}")
+                        f"judge {judge.label}", final)
     log.info("judge: %s %d judgments (%.1f s)", task.name, len(reqs), time.monotonic() - t0)
     return {r.id: c for r, c in zip(reqs, done, strict=True)}

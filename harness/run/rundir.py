@@ -52,7 +52,7 @@ def is_run_dir(path: Path) -> bool:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and "format" in config and "run_id" in config
+    return isinstance(config, dict) and "format" in config  # any format: the resume check names it
 
 
 class RunDir:
