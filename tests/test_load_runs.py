@@ -11,6 +11,7 @@ import pytest
 from test_report_synth import MT_SPECS, binary_scores, make_run
 
 from harness.cli import main
+from harness.core.errors import UsageError
 from harness.readout import load_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,3 +73,8 @@ def test_errored_items_keep_their_error_and_no_score(tmp_path):
     assert [row[c] for c in ("items", "scored", "errors", "strategy", "k", "stage")] == [4, 3, 1, "dmt", 0.25, 1]
     assert res.metrics.set_index(["task", "metric"]).loc[("mt_bench", "score"), "value"] == pytest.approx(7.0)
     assert isinstance(res.metrics, pd.DataFrame) and "delta" not in res.metrics  # no baseline, no deltas
+
+
+def test_bad_alpha_is_refused():
+    with pytest.raises(UsageError, match="alpha must be between 0 and 0.5"):
+        load_runs(RUNS, alpha=0.7)

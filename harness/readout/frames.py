@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.core.errors import UsageError
 from harness.readout.compare import METADATA_KEYS, Run, load_run
 from harness.readout.model import Report, build_report
 
@@ -43,7 +44,10 @@ class Results:
 
 
 def load_runs(paths: Sequence[str | Path], baseline: str | Path | None = None, alpha: float = 0.05) -> Results:
-    """Load finished run directories (refused as ``harness report`` refuses them) into frames."""
+    """Load finished run directories (refused as ``harness report`` refuses them) into frames;
+    ``alpha`` sets the interval level (0.05: 95% intervals) and the comparisons' significance."""
+    if not 0 < alpha < 0.5:  # also refuses nan
+        raise UsageError(f"alpha must be between 0 and 0.5 (e.g. 0.05), got {alpha}")
     base = load_run(Path(baseline)) if baseline is not None else None
     report = build_report([load_run(Path(p)) for p in paths], base, alpha)
     return Results(report=report, metrics=metrics_frame(report), items=items_frame(report.runs))
