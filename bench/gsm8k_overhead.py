@@ -23,13 +23,14 @@ from pathlib import Path
 
 from harness.adapters import build_adapter
 from harness.core.models import parse_model_spec
-from harness.run.runner import RunConfig, TaskOptions, run
+from harness.core.options import SharedOptions
+from harness.run.runner import RunConfig, run
 from harness.tasks.gsm8k import GSM8K
 
 
-def bare(model: str, model_args: str | None, opts: TaskOptions) -> tuple[float, float]:
+def bare(model: str, model_args: str | None, opts: SharedOptions) -> tuple[float, float]:
     t0, c0 = time.perf_counter(), time.process_time()
-    task = GSM8K(opts)
+    task = GSM8K(shared=opts)
     examples = task.load(opts.limit)
     reqs = task.requests(examples, 0, {})
     adapter = build_adapter(parse_model_spec(model, model_args))
@@ -37,10 +38,10 @@ def bare(model: str, model_args: str | None, opts: TaskOptions) -> tuple[float, 
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def harness(model: str, model_args: str | None, opts: TaskOptions) -> tuple[float, float]:
+def harness(model: str, model_args: str | None, opts: SharedOptions) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RunConfig(model=parse_model_spec(model, model_args), suites=("gsm8k",), out=Path(tmp),
-                        task_options=opts)
+                        shared=opts)
         t0, c0 = time.perf_counter(), time.process_time()
         run(cfg)
         return time.perf_counter() - t0, time.process_time() - c0
@@ -55,8 +56,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    opts = TaskOptions(limit=args.limit, max_tokens=args.max_tokens)
-    bare(args.model, args.model_args, TaskOptions(limit=2, max_tokens=4))  # warm-up: conversion, imports, caches
+    opts = SharedOptions(limit=args.limit, max_tokens=args.max_tokens)
+    bare(args.model, args.model_args, SharedOptions(limit=2, max_tokens=4))  # warm-up: conversion, imports, caches
     wall = {"bare": 0.0, "harness": 0.0}
     cpu = {"bare": 0.0, "harness": 0.0}
     for i in range(args.repeats):

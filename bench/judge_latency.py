@@ -29,8 +29,8 @@ from openai_stub import Call, Reply, StubServer  # noqa: E402
 
 from harness.core.models import ModelSpec  # noqa: E402
 from harness.core.records import Completion  # noqa: E402
-from harness.run.runner import RunContext, TaskOptions  # noqa: E402
-from harness.tasks.mt_bench import MTBench  # noqa: E402
+from harness.run.runner import RunContext  # noqa: E402
+from harness.tasks.mt_bench import MTBench, MTBenchOptions  # noqa: E402
 
 
 def judge_reply(call: Call) -> Reply:
@@ -38,7 +38,7 @@ def judge_reply(call: Call) -> Reply:
 
 
 def measure(latency: float, concurrency: int, questions: int, repeats: int) -> dict[str, float]:
-    task = MTBench(TaskOptions(judge_repeats=repeats))
+    task = MTBench(MTBenchOptions(judge_repeats=repeats))
     examples = task.load(questions)
     comps = {ex.id: [Completion(id=ex.id, texts=(f"answer {t} for {ex.id}",)) for t in (1, 2)] for ex in examples}
     with StubServer(judge_reply, models=("judge",), latency=latency) as stub, \

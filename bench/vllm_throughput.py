@@ -23,13 +23,12 @@ from collections.abc import Callable
 
 from harness.core.models import ModelSpec, parse_model_args
 from harness.core.records import Request
-from harness.run.runner import TaskOptions
 
 
 def gsm8k_requests(n: int, max_tokens: int) -> list[Request]:
     from harness.tasks.gsm8k import GSM8K
 
-    task = GSM8K(TaskOptions(limit=n))
+    task = GSM8K()
     reqs = task.requests(task.load(n), 0, {})
     return [dataclasses.replace(r, max_tokens=max_tokens) for r in reqs]
 
