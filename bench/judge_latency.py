@@ -29,7 +29,9 @@ from openai_stub import Call, Reply, StubServer  # noqa: E402
 
 from harness.core.models import ModelSpec  # noqa: E402
 from harness.core.records import Completion  # noqa: E402
-from harness.run.runner import RunContext  # noqa: E402
+from harness.run.passes import judge_task  # noqa: E402
+from harness.run.runner import connect_adapter  # noqa: E402
+from harness.run.score import ScoreRun  # noqa: E402
 from harness.tasks.mt_bench import MTBench, MTBenchOptions  # noqa: E402
 
 
@@ -43,12 +45,18 @@ def measure(latency: float, concurrency: int, questions: int, repeats: int) -> d
     comps = {ex.id: [Completion(id=ex.id, texts=(f"answer {t} for {ex.id}",)) for t in (1, 2)] for ex in examples}
     with StubServer(judge_reply, models=("judge",), latency=latency) as stub, \
             tempfile.TemporaryDirectory() as tmp:
-        ctx = RunContext(Path(tmp), ModelSpec("openai", "judge", {}, stub.url), judge_concurrency=concurrency)
+        spec = ModelSpec("openai", "judge", {}, stub.url)
+        # client + health check: once per run, not part of the judging pass
+        judge = connect_adapter(spec, "judge", chat_template=None, concurrency=concurrency, needs_chat=True)
         try:
-            ctx.judge()  # client + health check: once per run, not part of the judging pass
             t0 = time.perf_counter()
-            results = task.score(examples, comps, ctx)
+            judgments = judge_task(task, examples, comps, judge, Path(tmp))  # the runner's judge pass
             wall = time.perf_counter() - t0
+        finally:
+            judge.close()
+        ctx = ScoreRun(Path(tmp), judgments, spec)
+        try:
+            results = task.score(examples, comps, ctx)
         finally:
             ctx.close()
         calls = stub.count("/v1/chat/completions")
