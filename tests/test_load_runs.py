@@ -65,13 +65,16 @@ def test_errored_items_keep_their_error_and_no_score(tmp_path):
     mt = {"m0": {"score": 6.0}, "m1": {"score": 8.0}}
     run = make_run(tmp_path, "a", {"gsm8k": {"scores": scores},
                                    "mt_bench": {"scores": mt, "specs": MT_SPECS}},
-                   metadata={"strategy": "dmt", "k": 0.25, "stage": 1})
+                   metadata={"strategy": "dmt", "k": 0.25, "stage": 1, "study": "s1", "lr": 2e-5,
+                             "axes": {"x": ["k", "lr"], "series": ["strategy"]}})
     res = load_runs([run])
     errored = res.items[res.items.item == "q003"]
     assert errored["score"].isna().all() and set(errored["error"]) == {"generation failed"}
     row = res.metrics.set_index(["task", "metric"]).loc[("gsm8k", "strict")]
     assert [row[c] for c in ("items", "scored", "errors", "strategy", "k", "stage")] == [4, 3, 1, "dmt", 0.25, 1]
     assert res.metrics.set_index(["task", "metric"]).loc[("mt_bench", "score"), "value"] == pytest.approx(7.0)
+    assert set(res.metrics["study"]) == {"s1"} and set(res.metrics["lr"]) == {2e-5}  # other plain metadata
+    assert "axes" not in res.metrics  # not a plain value
     assert isinstance(res.metrics, pd.DataFrame) and "delta" not in res.metrics  # no baseline, no deltas
 
 

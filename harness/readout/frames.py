@@ -54,7 +54,8 @@ def load_runs(paths: Sequence[str | Path], baseline: str | Path | None = None, a
 
 
 def metrics_frame(report: Report) -> pd.DataFrame:
-    """One row per run x task x metric; columns as in report.csv, plus ``scale`` and ``higher_is_better``.
+    """One row per run x task x metric; columns as in report.csv, plus ``scale``, ``higher_is_better`` and
+    every other plain metadata field of the runs (e.g. ``study``, ``n_stages``, a study's own axes).
     Numbers are float64 (NaN where a value is undefined, e.g. ``worse`` for continuous scores)."""
     return _report_frame(report, extra=True).infer_objects()
 
@@ -63,7 +64,9 @@ def _report_frame(report: Report, extra: bool) -> pd.DataFrame:
     """The report rows as an object frame (values exactly as recorded; inf/NaN become None)."""
     import pandas as pd
 
-    records = [row.record() | ({"scale": row.scale, "higher_is_better": row.higher_is_better} if extra else {})
+    more = _more_metadata(report.runs) if extra else {}
+    records = [row.record() | ({"scale": row.scale, "higher_is_better": row.higher_is_better,
+                                **more.get(row.run_dir, {})} if extra else {})
                for row in report.rows]
     columns = list(dict.fromkeys(k for rec in records for k in rec))
     cleaned = [[_finite_or_none(rec.get(c)) for c in columns] for rec in records]
@@ -72,6 +75,17 @@ def _report_frame(report: Report, extra: bool) -> pd.DataFrame:
 
 def _finite_or_none(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _more_metadata(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
+    """run_dir -> its plain (str, number, bool) metadata fields beyond METADATA_KEYS, for every run."""
+    keys = [k for k in dict.fromkeys(k for r in runs for k in r.metadata)
+            if k not in METADATA_KEYS and all(_plain(r.metadata.get(k)) for r in runs)]
+    return {str(r.path): {k: r.metadata.get(k) for k in keys} for r in runs}
+
+
+def _plain(v: Any) -> bool:
+    return v is None or isinstance(v, str | int | float | bool)
 
 
 def items_frame(runs: Sequence[Run]) -> pd.DataFrame:
