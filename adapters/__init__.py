@@ -63,11 +63,17 @@ def build_adapter(spec: ModelSpec, *, chat_template: str | None = None, concurre
         from harness.adapters.openai import OpenAIAdapter
         return OpenAIAdapter(spec, concurrency=concurrency, role=role)
     target = resolve_target(spec)
-    if kind == "vllm":
-        from harness.adapters.vllm import VLLMAdapter
-        return VLLMAdapter(spec, target, chat_template=chat_template, needs_chat=needs_chat)
-    from harness.adapters.hf import HFAdapter
-    return HFAdapter(spec, target, chat_template=chat_template, needs_chat=needs_chat)
+    try:
+        if kind == "vllm":
+            from harness.adapters.vllm import VLLMAdapter
+            return VLLMAdapter(spec, target, chat_template=chat_template, needs_chat=needs_chat)
+        from harness.adapters.hf import HFAdapter
+        return HFAdapter(spec, target, chat_template=chat_template, needs_chat=needs_chat)
+    except UsageError as exc:
+        if role != "judge":
+            raise
+        # The engines word their option errors for the model under test; a judge's come from --judge-args.
+        raise UsageError(str(exc).replace("--model-args", "--judge-args")) from None
 
 
 def preflight(spec: ModelSpec, role: str = "model") -> None:

@@ -201,3 +201,15 @@ def test_bad_max_drop_is_refused_before_the_run(checkpoint_dir: Path, tmp_path: 
 def test_bad_alpha_is_refused_before_the_run(checkpoint_dir: Path, tmp_path: Path) -> None:
     assert_usage_error(harness("run", "--model", str(checkpoint_dir), "--suite", "gsm8k", "--limit", "3",
                                "--baseline", str(_baseline(tmp_path)), "--alpha", "2"), "--alpha")
+
+
+def test_local_judge_option_errors_name_judge_args(checkpoint_dir: Path) -> None:
+    pytest.importorskip("torch")
+    from harness.adapters import build_adapter
+    from harness.core.errors import UsageError
+    from harness.core.models import ModelSpec
+
+    with pytest.raises(UsageError, match=r"^unknown --judge-args for hf: bogus"):
+        build_adapter(ModelSpec("hf", str(checkpoint_dir), args={"bogus": 1}), role="judge")
+    with pytest.raises(UsageError, match=r"^unknown --model-args for hf: bogus"):
+        build_adapter(ModelSpec("hf", str(checkpoint_dir), args={"bogus": 1}))
