@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from harness import RUN_FORMAT, __version__
 from harness.core.env import redact
 from harness.core.errors import UsageError
-from harness.core.journal import write_json_atomic
+from harness.core.files import write_json_atomic
 from harness.core.models import (
     EXECUTION_ARGS,
     ModelSpec,
