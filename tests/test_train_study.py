@@ -25,7 +25,7 @@ def _tiny_study() -> dict:
     (lambda d: d.update(epochs=3), "study: unknown key"),
     (lambda d: d["grid"].update(k=[0.5, 2]), r"\[grid\] k: 2 is outside \[0, 1\]"),
     (lambda d: d["grid"].update(fractions=[-0.25]), r"fractions: -0.25 is outside \(0, 1\]"),
-    (lambda d: d["grid"].update(k=["1/0"]), "k: expected a list, each a number or a fraction string"),
+    (lambda d: d["grid"].update(k=["1/0"]), "k: expected a non-empty list, each a number or a fraction string"),
     (lambda d: d["grid"].update(strategies=["dmt", "zigzag"]), "unknown strategy 'zigzag'"),
     (lambda d: d["sources"]["math"].update(fraction=0), r"fraction: expected a number in \(0, 1\], got 0"),
     (lambda d: d["sources"]["math"].update(colour="red"), r"\[sources.math\]: unknown key\(s\) colour"),
@@ -54,7 +54,7 @@ def _set(table: str, **kv):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (_set("", seed="abc"), r"^study seed: expected an integer, got 'abc' \(a string\)$"),
+    (_set("", seed="abc"), r"^study seed: expected an integer >= 0, got 'abc' \(a string\)$"),
     (_set("train", epochs="three"), r"^\[train\] epochs: expected a number > 0, got 'three' \(a string\)$"),
     (_set("train", lr="fast"), r"^\[train\] lr: expected a number > 0, got 'fast' \(a string\)$"),
     (_set("train", lr=float("nan")), r"^\[train\] lr: expected a number > 0, got nan \(a float\)$"),
@@ -69,13 +69,13 @@ def _set(table: str, **kv):
     (_set("eval", allow_code_execution="false"),
      r"^\[eval\] allow_code_execution\b.*(a boolean|true or false).*, got 'false' \((a )?str"),
     (_set("eval", every_stage=1), r"^\[eval\] every_stage: expected a boolean \(true or false\), got 1"),
-    (_set("grid", custom=[["math"], ["general"]]), r"^\[grid\] custom: expected a table of named stage lists"),
+    (_set("grid", custom=[["math"], ["general"]]), r"^\[grid\] custom: expected a table of named, non-empty stage lists"),
     (_set("grid", strategies=[]), r"^\[grid\] strategies: expected a non-empty list of strings, got \[\]"),
     (_set("grid", strategies="dmt"), r"^\[grid\] strategies: expected a non-empty list of strings, got 'dmt'"),
     (_set("grid", k=[0.25, "1/4"]), r"^\[grid\] k: '1/4' is given twice \(as 0.25 and '1/4'\)"),
-    (_set("grid", k=[True]), r"^\[grid\] k: expected a list, each a number or a fraction string"),
+    (_set("grid", k=[True]), r"^\[grid\] k: expected a non-empty list, each a number or a fraction string"),
     (_set("grid", fractions=[1, 1.0]), r"^\[grid\] fractions: 1.0 is given twice"),
-    (_set("grid", order="math"), r"^\[grid\] order: expected a list of strings, got 'math' \(a string\)$"),
+    (_set("grid", order="math"), r"^\[grid\] order: expected a non-empty list of strings, got 'math' \(a string\)$"),
     (_set("grid", strategies=["dmt", "dmt"]), r"^\[grid\] strategies: 'dmt' is given twice"),
     (_set("sources.general", filter_keywords="code"),
      r"^\[sources.general\] filter_keywords: expected a list of strings, got 'code' \(a string\)$"),
@@ -90,6 +90,45 @@ def test_study_fields_are_type_checked(tmp_path, edit, message):
     edit(data)
     with pytest.raises(UsageError, match=message):
         parse_study(data, EXAMPLES, out=str(tmp_path / "s"))
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set("", seed=-1), r"^study seed: expected an integer >= 0, got -1 \(an integer\)$"),
+    (_set("train", seed=-5), r"^\[train\] seed: expected an integer >= 0, got -5"),
+    (_set("", name="../elsewhere"), r"^study name: expected a plain name \(letters, digits, '.', '_', '-'; it names a folder\), got '../elsewhere'"),
+    (_set("grid", order=[]), r"^\[grid\] order: expected a non-empty list of strings, got \[\]"),
+    (_set("grid", k=[]), r"^\[grid\] k: expected a non-empty list, each a number"),
+    (_set("grid", fractions=[]), r"^\[grid\] fractions: expected a non-empty list, each a number"),
+    (_set("grid", single_sources=[]), r"^\[grid\] single_sources: expected a non-empty list of strings"),
+    (_set("grid", strategies=["custom"], custom={"a": [["math"], []]}), r"^\[grid\] custom: expected a table"),
+    (_set("grid", strategies=["custom"], custom={"a": []}), r"^\[grid\] custom: expected a table"),
+    (_set("grid", strategies=["custom"], custom={"a": [["math@0"]]}),
+     r"^\[grid.custom\] a: 'math@0': the fraction after @ must be a number in \(0, 1\]"),
+    (_set("grid", strategies=["custom"], custom={"a": [["math@half"]]}),
+     r"^\[grid.custom\] a: 'math@half': the fraction after @ must be a number in \(0, 1\]"),
+    (_set("report", formats=["pdf"]), r"^\[report\] formats: expected a non-empty list, each one of 'md', 'csv', "
+                                      r"'html', 'json', got \['pdf'\]"),
+    (_set("train", scheduler="cosinee"), r"^\[train\] scheduler: 'cosinee' is not a transformers scheduler; "
+                                         r"choose from: linear, cosine, "),
+    (_set("train.trainer_args", learning_rate=1e-3),
+     r"^\[train.trainer_args\] learning_rate: set by \[train\] itself \(lr\); set it there"),
+])
+def test_values_that_would_fail_mid_study_are_refused_up_front(tmp_path, edit, message):
+    data = _tiny_study()
+    edit(data)
+    with pytest.raises(UsageError, match=message):
+        parse_study(data, EXAMPLES, out=str(tmp_path / "s"))
+
+
+def test_an_unknown_trainer_argument_is_refused_before_training():
+    pytest.importorskip("transformers")
+    data = _tiny_study()
+    data["train"]["trainer_args"] = {"optim": "adamw_torch", "no_such_argument": 1}
+    with pytest.raises(UsageError, match=r"^\[train.trainer_args\] no_such_argument: not a transformers "
+                                         r"TrainingArguments field"):
+        parse_study(data, EXAMPLES)
+    data["train"]["trainer_args"] = {"optim": "adamw_torch"}
+    assert parse_study(data, EXAMPLES).train.trainer_args == {"optim": "adamw_torch"}
 
 
 def test_a_finished_run_is_a_valid_report_baseline(tmp_path):
@@ -113,7 +152,7 @@ def test_a_source_left_with_no_examples_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("old,new,message", [
-    ("seed = 1234", 'seed = "abc"', "study seed: expected an integer, got 'abc'"),
+    ("seed = 1234", 'seed = "abc"', "study seed: expected an integer >= 0, got 'abc'"),
     ("plots = true", 'plots = true\nbaseline = "gone"', "[report] baseline: "),
     ("max_length = 192", 'max_length = "192"', "[train] max_length: expected an integer >= 8, got '192'"),
 ])

@@ -19,6 +19,7 @@ tables. Example::
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -54,6 +55,8 @@ BOOL = Kind("a boolean (true or false)", lambda v: isinstance(v, bool))
 STR = Kind("a string", lambda v: isinstance(v, str))
 TABLE = Kind("a table", lambda v: isinstance(v, dict))
 INT = Kind("an integer", _is_int)
+PLAIN_NAME = Kind("a plain name (letters, digits, '.', '_', '-'; it names a folder)",
+                  lambda v: isinstance(v, str) and re.fullmatch(r"[\w-][\w.-]*", v) is not None)
 NUMBER = Kind("a finite number", _is_number)
 
 

@@ -289,18 +289,70 @@ def load_model(path: str, cfg: TrainConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+# transformers' SchedulerType values (5.x); a name outside this list is looked up in transformers itself.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay")
+# The TrainingArguments we set, and the [train] key that sets each (None: fixed by the harness).
+OWN_ARGUMENTS = {"output_dir": None, "per_device_train_batch_size": "batch_size",
+                 "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs", "max_steps": "max_steps",
+                 "learning_rate": "lr", "lr_scheduler_type": "scheduler", "warmup_steps": "warmup_ratio",
+                 "weight_decay": "weight_decay", "bf16": "dtype", "logging_steps": "logging_steps",
+                 "save_strategy": None, "report_to": None, "seed": "seed", "data_seed": "seed", "disable_tqdm": None,
+                 "use_cpu": None, "gradient_checkpointing": "gradient_checkpointing",
+                 "remove_unused_columns": None, "include_num_input_tokens_seen": None}
+
+
+def check_scheduler(name: str) -> None:
+    """Refuse a scheduler name transformers does not know, before any model loads."""
+    if name in SCHEDULERS:
+        return
+    try:
+        from transformers.trainer_utils import SchedulerType
+        known = [t.value for t in SchedulerType]
+    except ImportError:
+        known = list(SCHEDULERS)
+    if name not in known:
+        raise UsageError(f"[train] scheduler: {name!r} is not a transformers scheduler; choose from: "
+                         f"{', '.join(known)}")
+
+
+def check_trainer_args(args: dict[str, Any]) -> None:
+    """``[train.trainer_args]`` keys must be TrainingArguments fields we do not set ourselves."""
+    for key in args:
+        if key in OWN_ARGUMENTS:
+            own = OWN_ARGUMENTS[key]
+            raise UsageError(f"[train.trainer_args] {key}: set by [train] itself ({own}); set it there" if own else
+                             f"[train.trainer_args] {key}: fixed by the harness; leave it out")
+    if not args:
+        return
+    try:
+        from dataclasses import fields as dc_fields
+
+        from transformers import TrainingArguments
+    except ImportError:
+        return  # training will say it needs the train extra
+    known = {f.name for f in dc_fields(TrainingArguments)}
+    for key in args:
+        if key not in known:
+            raise UsageError(f"[train.trainer_args] {key}: not a transformers TrainingArguments field; see "
+                             "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments")
+
+
 def training_arguments(cfg: TrainConfig, work_dir: Path) -> Any:
     import torch
     from transformers import TrainingArguments
 
-    return TrainingArguments(
-        output_dir=str(work_dir), per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        learning_rate=cfg.lr, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay, bf16=cfg.dtype == "bf16", logging_steps=cfg.logging_steps,
-        save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(), gradient_checkpointing=cfg.gradient_checkpointing,
-        remove_unused_columns=False, include_num_input_tokens_seen="non_padding", **cfg.trainer_args)
+    ours = {"output_dir": str(work_dir), "per_device_train_batch_size": cfg.batch_size,
+            "gradient_accumulation_steps": cfg.grad_accum, "num_train_epochs": cfg.epochs,
+            "max_steps": cfg.max_steps, "learning_rate": cfg.lr, "lr_scheduler_type": cfg.scheduler,
+            "warmup_steps": cfg.warmup_ratio, "weight_decay": cfg.weight_decay, "bf16": cfg.dtype == "bf16",
+            "logging_steps": cfg.logging_steps, "save_strategy": "no", "report_to": "none", "seed": cfg.seed,
+            "data_seed": cfg.seed, "disable_tqdm": True, "use_cpu": not torch.cuda.is_available(),
+            "gradient_checkpointing": cfg.gradient_checkpointing, "remove_unused_columns": False,
+            "include_num_input_tokens_seen": "non_padding"}
+    assert set(ours) == set(OWN_ARGUMENTS)  # the table check_trainer_args refuses must be exactly what we set
+    return TrainingArguments(**ours, **cfg.trainer_args)
 
 
 def fit(model: Any, tokenizer: Any, rows: list[dict[str, list[int]]], cfg: TrainConfig,

@@ -47,20 +47,21 @@ from harness.train.strategies import PAPER_ORDER, STRATEGIES, Stage, named_sourc
 log = logging.getLogger("harness")
 
 # Every key of every table with its type (harness.train.schema): a study is checked before any work.
-TOP = {"name": S.STR, "base_model": S.STR, "out": S.STR, "seed": S.INT, "sources": S.TABLE, "grid": S.TABLE,
+TOP = {"name": S.PLAIN_NAME, "base_model": S.STR, "out": S.STR, "seed": S.int_at_least(0), "sources": S.TABLE, "grid": S.TABLE,
        "train": S.TABLE, "eval": S.TABLE, "report": S.TABLE}
 SOURCE = {"path": S.STR, "format": S.one_of(*FORMATS), "split": S.STR, "fraction": S.number_in(0, 1, low_open=True),
           "count": S.int_at_least(1), "filter_keywords": S.list_of(S.STR), "filter": S.STR}
-GRID = {"strategies": S.list_of(S.STR, nonempty=True), "order": S.list_of(S.STR), "general": S.STR,
-        "k": S.list_of(S.RATIO), "fractions": S.list_of(S.RATIO), "single_sources": S.list_of(S.STR),
-        "custom": S.Kind("a table of named stage lists ([grid.custom] name = [[\"math\", \"code@0.5\"], "
-                         "[\"general\"]])",
-                         lambda v: isinstance(v, dict) and all(S.list_of(S.list_of(S.STR)).ok(x) for x in v.values()))}
+_STAGES = S.list_of(S.list_of(S.STR, nonempty=True), nonempty=True)
+GRID = {"strategies": S.list_of(S.STR, nonempty=True), "order": S.list_of(S.STR, nonempty=True), "general": S.STR,
+        "k": S.list_of(S.RATIO, nonempty=True), "fractions": S.list_of(S.RATIO, nonempty=True),
+        "single_sources": S.list_of(S.STR, nonempty=True),
+        "custom": S.Kind("a table of named, non-empty stage lists ([grid.custom] name = [[\"math\", \"code@0.5\"], "
+                         "[\"general\"]])", lambda v: isinstance(v, dict) and all(_STAGES.ok(x) for x in v.values()))}
 TRAIN = {"epochs": S.number_in(0, low_open=True), "lr": S.number_in(0, low_open=True),
          "warmup_ratio": S.number_in(0, 1, high_open=True), "scheduler": S.STR, "batch_size": S.int_at_least(1),
          "grad_accum": S.int_at_least(1), "max_length": S.int_at_least(8), "packing": S.BOOL,
          "lora": S.either(S.BOOL, S.TABLE), "dtype": S.one_of("bf16", "fp32"), "max_steps": S.INT,
-         "weight_decay": S.number_in(0), "seed": S.INT, "chat_template": S.STR, "gradient_checkpointing": S.BOOL,
+         "weight_decay": S.number_in(0), "seed": S.int_at_least(0), "chat_template": S.STR, "gradient_checkpointing": S.BOOL,
          "logging_steps": S.int_at_least(1), "trainer_args": S.TABLE}
 LORA = {"r": S.int_at_least(1), "alpha": S.number_in(0, low_open=True), "dropout": S.number_in(0, 1, high_open=True),
         "target_modules": S.either(S.STR, S.list_of(S.STR))}
@@ -189,6 +190,7 @@ def _parse_grid(t: Any, names: list[str]) -> dict[str, Any]:
     if "custom" in strategies and not custom:
         raise UsageError("[grid] strategies has 'custom' but [grid.custom] defines no stage list; "
                          "example: [grid.custom] general_first = [[\"general\"], [\"math\", \"code\"]]")
+    _check_custom(custom)
     grid = {"strategies": strategies, "order": order, "general": general, "single_sources": single, "custom": custom}
     missing = sorted(set().union(*(named_sources(s, grid) for s in strategies)) - set(names))
     if missing:
@@ -198,8 +200,19 @@ def _parse_grid(t: Any, names: list[str]) -> dict[str, Any]:
     return {**grid, "k": k, "fractions": fractions}
 
 
+def _check_custom(custom: dict[str, list[list[str]]]) -> None:
+    """Each custom stage item is ``source`` or ``source@fraction`` with the fraction in (0, 1]."""
+    for name, stages in custom.items():
+        for item in (i for stage in stages for i in stage):
+            frac = item.partition("@")[2]
+            x = S.ratio(frac) if "@" in item else 1.0
+            if x is None or not 0 < x <= 1:
+                raise UsageError(f"[grid.custom] {name}: {item!r}: the fraction after @ must be a number in (0, 1] "
+                                 "(\"code@0.5\", \"code@1/4\")")
+
+
 def _parse_train(t: Any, seed: int) -> Any:
-    from harness.train.sft import LoraOptions, TrainConfig
+    from harness.train.sft import LoraOptions, TrainConfig, check_scheduler, check_trainer_args
 
     t = dict(S.check_table(t, TRAIN, "[train]"))
     lora = t.pop("lora", None)
@@ -211,6 +224,8 @@ def _parse_train(t: Any, seed: int) -> Any:
     elif lora is True:
         lora = LoraOptions()
     cfg = TrainConfig(**{"seed": seed, **t, "lora": lora or None})
+    check_scheduler(cfg.scheduler)
+    check_trainer_args(cfg.trainer_args)
     if cfg.chat_template is not None:
         from harness.train.sft import template_text
         template_text(cfg.chat_template)
@@ -246,7 +261,12 @@ def _parse_eval(t: Any, seed: int) -> EvalSpec:
 
 
 def _parse_report(t: Any, base_dir: Path) -> dict[str, Any]:
+    from harness.readout.report import FORMATS
+
     t = S.check_table(t, REPORT, "[report]")
+    formats = S.list_of(S.one_of(*FORMATS), nonempty=True)
+    if "formats" in t and not formats.ok(t["formats"]):
+        raise S.fail("[report]", "formats", formats, t["formats"])
     baseline = t.get("baseline")
     if baseline is not None:
         path = Path(baseline).expanduser()
@@ -302,6 +322,9 @@ def make_plan(study: Study, sources: dict[str, list[Conversation]]) -> list[Grid
         for s in g["strategies"]:
             for v in variants(s, g):
                 stages = build(s, sources, fractions=dict.fromkeys(sources, f), seed=study.seed, **v.params)
+                empty = [st.name for st in stages if not st.examples]
+                if empty:
+                    raise UsageError(f"grid point {v.label}{tag}: stage(s) {empty} would train on no example")
                 axes = {"x": [*v.axes["x"], *(["fraction"] if scaling else [])],
                         "series": [*v.axes["series"], *(["stage"] if study.eval.every_stage else [])]}
                 points.append(GridPoint(f"{v.label}{tag}", s, f, tuple(stages), v.meta, axes))
