@@ -43,7 +43,7 @@ from harness.core.errors import UsageError
 from harness.core.files import Check, parse_jsonl, read_verified
 from harness.core.options import Options, SharedOptions, option
 from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result
-from harness.core.stats import mean_stderr
+from harness.core.stats import mean_stderr, weighted_mean_stderr
 
 DATA_DIR = Path(__file__).parent / "data" / "mt_bench"
 DATA_FILES = ("question.jsonl", "reference_answer_gpt-4.jsonl", "judge_prompts.jsonl", "LICENSE")
@@ -226,10 +226,15 @@ class MTBench:
     needs_chat = True
     needs_code_execution = False
     default_max_drop = 0.2  # rating points (1-10 scale) the CI gate allows by default
+    # The headline is FastChat's show_result average: every valid judgment row, turns pooled. An item
+    # (question) carries the mean of its judged turns and their count, so the report pools them with
+    # standard errors clustered on the question. ``question_mean`` weighs each question once.
     metrics = (
-        MetricSpec("score", key="score", kind="continuous", scale=1.0, primary=True),
-        MetricSpec("turn1", key="turn1", kind="continuous", scale=1.0),
-        MetricSpec("turn2", key="turn2", kind="continuous", scale=1.0),
+        MetricSpec("score", key="score", kind="continuous", scale=1.0, primary=True, unit="question",
+                   weight="score_turns"),
+        MetricSpec("turn1", key="turn1", kind="continuous", scale=1.0, unit="question"),
+        MetricSpec("turn2", key="turn2", kind="continuous", scale=1.0, unit="question"),
+        MetricSpec("question_mean", key="score", kind="continuous", scale=1.0, unit="question"),
     )
 
     def __init__(self, options: MTBenchOptions | None = None, shared: SharedOptions | None = None) -> None:
@@ -344,7 +349,8 @@ class MTBench:
             else:
                 turn_errors[f"turn{turn}"] = next(r["error"] for r in recs)
         if scores:
-            scores["score"] = _mean([scores[t] for t in ("turn1", "turn2") if t in scores])
+            judged = [scores[t] for t in ("turn1", "turn2") if t in scores]
+            scores |= {"score": _mean(judged), "score_turns": float(len(judged))}
         info = {"category": ex.data["category"], "judge": judge.spec, "repeats": self.repeats,
                 "judge_errors": judge_errors, "turn_errors": turn_errors,
                 "judge_comparable_to_gpt4": judge.comparable}
@@ -357,8 +363,11 @@ class MTBench:
         n = len(results)
         out: dict[str, float] = {"n": n, "scored": sum(r.error is None for r in results),
                                  "errors": sum(r.error is not None for r in results)}
-        for key in ("score", "turn1", "turn2"):
+        scored = [r for r in results if "score" in r.scores]
+        out["score"], out["score_stderr"] = _pooled(scored)
+        for key in ("turn1", "turn2"):
             out[key], out[f"{key}_stderr"] = mean_stderr([r.scores[key] for r in results if key in r.scores])
+        out["question_mean"], out["question_mean_stderr"] = mean_stderr([r.scores["score"] for r in scored])
         for turn in ("turn1", "turn2"):
             judged = sum(turn in r.scores for r in results)
             out[f"{turn}_judged"], out[f"{turn}_total"] = judged, n
@@ -367,9 +376,9 @@ class MTBench:
         out["generation_errors"] = sum(v.startswith("generation failed") for r in results
                                        for v in r.info.get("turn_errors", {}).values())
         for cat in TEMPERATURE:
-            vals = [r.scores["score"] for r in results if r.info.get("category") == cat and "score" in r.scores]
-            if vals:
-                out[f"category/{cat}"] = _mean(vals)
+            in_cat = [r for r in scored if r.info.get("category") == cat]
+            if in_cat:
+                out[f"category/{cat}"] = _pooled(in_cat)[0]
         out |= _repeat_spread(results)
         out["judge_comparable_to_gpt4"] = float(bool(results) and all(r.info.get("judge_comparable_to_gpt4")
                                                                       for r in results))
@@ -386,6 +395,12 @@ class MTBench:
                 "data_sha256": dict(data.sha256)}
 
 
+def _pooled(results: Sequence[Result]) -> tuple[float, float]:
+    """Mean over judged turns pooled (FastChat's average), SE clustered on the question."""
+    return weighted_mean_stderr([r.scores["score"] for r in results],
+                                [r.scores.get("score_turns", 1.0) for r in results])
+
+
 def _repeat_spread(results: Sequence[Result]) -> dict[str, float]:
     """Spread across judge repeats: mean per-turn SD, and SD of the overall score recomputed per repeat."""
     repeats = max((r.info.get("repeats", 1) for r in results), default=1)
@@ -394,12 +409,10 @@ def _repeat_spread(results: Sequence[Result]) -> dict[str, float]:
     turn_sds = [statistics.stdev(parsed) for r in results for t in r.extracted.values()
                 if len(parsed := [x for x in t["ratings"] if x is not None]) >= 2]
     per_repeat = []
-    for rep in range(repeats):
-        items = [[t["ratings"][rep] for t in r.extracted.values() if t["ratings"][rep] is not None]
-                 for r in results]
-        items = [_mean(v) for v in items if v]
-        if items:
-            per_repeat.append(_mean(items))
+    for rep in range(repeats):  # the pooled score from this repeat's ratings alone
+        rows = [t["ratings"][rep] for r in results for t in r.extracted.values() if t["ratings"][rep] is not None]
+        if rows:
+            per_repeat.append(_mean(rows))
     out = {"repeats": float(repeats), "repeat_sd_per_turn": _mean(turn_sds) if turn_sds else math.nan}
     if len(per_repeat) >= 2:
         out |= {"score_repeat_sd": statistics.stdev(per_repeat), "score_repeat_min": min(per_repeat),

@@ -243,22 +243,23 @@ def test_means_exclude_malformed_and_failed_judgments_and_show_coverage(tmp_path
     examples = task.load(4)
     results = _score(task, examples, _answers(examples), FakeJudge(lambda q, t, r: RATINGS[(q, t)]), tmp_path)
     by_id = {r.id: r for r in results}
-    assert by_id["mt_bench/81"].scores == {"turn1": 8.0, "turn2": 6.0, "score": 7.0}
-    assert by_id["mt_bench/82"].scores == {"turn1": 4.0, "score": 4.0}
+    assert by_id["mt_bench/81"].scores == {"turn1": 8.0, "turn2": 6.0, "score": 7.0, "score_turns": 2.0}
+    assert by_id["mt_bench/82"].scores == {"turn1": 4.0, "score": 4.0, "score_turns": 1.0}
     assert by_id["mt_bench/82"].info["turn_errors"]["turn2"].startswith("unparsable judgment")
-    assert by_id["mt_bench/83"].scores == {"turn1": 10.0, "turn2": 7.0, "score": 8.5}
+    assert by_id["mt_bench/83"].scores == {"turn1": 10.0, "turn2": 7.0, "score": 8.5, "score_turns": 2.0}
     assert by_id["mt_bench/84"].scores == {} and "judge call failed" in by_id["mt_bench/84"].error
 
     agg = task.aggregate(results)
     assert agg["turn1"] == pytest.approx((8 + 4 + 10) / 3)
     assert agg["turn2"] == pytest.approx((6 + 7) / 2)
-    assert agg["score"] == pytest.approx((7 + 4 + 8.5) / 3)
+    assert agg["score"] == pytest.approx((8 + 6 + 4 + 10 + 7) / 5)  # FastChat: valid rows pooled
+    assert agg["question_mean"] == pytest.approx((7 + 4 + 8.5) / 3)
     assert agg["turn1_judged"] == 3 and agg["turn2_judged"] == 2 and agg["turn1_total"] == 4
     assert agg["turn1_coverage"] == 0.75 and agg["turn2_coverage"] == 0.5
     assert agg["judge_errors"] == 3 and agg["errors"] == 1 and agg["scored"] == 3
     sd = math.sqrt(sum((x - agg["turn1"]) ** 2 for x in (8, 4, 10)) / 2)
     assert agg["turn1_stderr"] == pytest.approx(sd / math.sqrt(3))
-    assert agg["category/writing"] == pytest.approx((7 + 4 + 8.5) / 3)
+    assert agg["category/writing"] == pytest.approx((8 + 6 + 4 + 10 + 7) / 5)
     assert agg["judge_comparable_to_gpt4"] == 0.0
 
 
@@ -269,7 +270,7 @@ def test_failed_generation_is_not_judged_and_is_counted(tmp_path: Path) -> None:
     results = _score(task, examples, _answers(examples, fail={"mt_bench/81": 1, "mt_bench/82": 2}), judge, tmp_path)
     assert {_turn_of(r) for r in judge.requests} == {("mt_bench/82", 1)}
     assert results[0].error.startswith("no turn judged") and "generation failed: engine timeout" in results[0].error
-    assert results[1].scores == {"turn1": 5.0, "score": 5.0}
+    assert results[1].scores == {"turn1": 5.0, "score": 5.0, "score_turns": 1.0}
     agg = task.aggregate(results)
     assert agg["generation_errors"] == 3 and agg["judge_errors"] == 0 and agg["turn2_coverage"] == 0.0
 
@@ -281,7 +282,7 @@ def test_repeats_report_mean_and_spread(tmp_path: Path) -> None:
     judge = FakeJudge(lambda q, t, r: f"[[{ratings[r] + (t == 2)}]]")
     results = _score(task, examples, _answers(examples), judge, tmp_path)
     assert len(judge.requests) == 2 * 2 * 3
-    assert results[0].scores == {"turn1": 7.0, "turn2": 8.0, "score": 7.5}
+    assert results[0].scores == {"turn1": 7.0, "turn2": 8.0, "score": 7.5, "score_turns": 2.0}
     assert results[0].extracted["turn1"]["ratings"] == [6.0, 7.0, 8.0]
     agg = task.aggregate(results)
     assert agg["repeat_sd_per_turn"] == pytest.approx(1.0)

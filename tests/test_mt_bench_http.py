@@ -108,18 +108,19 @@ def test_scripted_judge_over_http_gives_hand_computed_means(tmp_path: Path) -> N
         finally:
             ctx.close()
     by = {r.id: r for r in results}
-    assert by["mt_bench/81"].scores == {"turn1": 8.0, "turn2": 6.0, "score": 7.0}
-    assert by["mt_bench/82"].scores == {"turn2": 3.0, "score": 3.0}
+    assert by["mt_bench/81"].scores == {"turn1": 8.0, "turn2": 6.0, "score": 7.0, "score_turns": 2.0}
+    assert by["mt_bench/82"].scores == {"turn2": 3.0, "score": 3.0, "score_turns": 1.0}
     assert "judge call failed: HTTP 429 after 3 attempts" in by["mt_bench/82"].info["turn_errors"]["turn1"]
-    assert by["mt_bench/83"].scores == {"turn1": 9.0, "score": 9.0}
-    assert by["mt_bench/84"].scores == {"turn1": 2.0, "turn2": 5.0, "score": 3.5}
-    assert by["mt_bench/85"].scores == {"turn2": 7.0, "score": 7.0}
-    assert by["mt_bench/86"].scores == {"turn1": 4.0, "turn2": 4.0, "score": 4.0}
+    assert by["mt_bench/83"].scores == {"turn1": 9.0, "score": 9.0, "score_turns": 1.0}
+    assert by["mt_bench/84"].scores == {"turn1": 2.0, "turn2": 5.0, "score": 3.5, "score_turns": 2.0}
+    assert by["mt_bench/85"].scores == {"turn2": 7.0, "score": 7.0, "score_turns": 1.0}
+    assert by["mt_bench/86"].scores == {"turn1": 4.0, "turn2": 4.0, "score": 4.0, "score_turns": 2.0}
 
     agg = task.aggregate(results)
     assert agg["turn1"] == pytest.approx((8 + 9 + 2 + 4) / 4)
     assert agg["turn2"] == pytest.approx((6 + 3 + 5 + 7 + 4) / 5)
-    assert agg["score"] == pytest.approx((7 + 3 + 9 + 3.5 + 7 + 4) / 6)
+    assert agg["score"] == pytest.approx((8 + 9 + 2 + 4 + 6 + 3 + 5 + 7 + 4) / 9)  # valid rows pooled (FastChat)
+    assert agg["question_mean"] == pytest.approx((7 + 3 + 9 + 3.5 + 7 + 4) / 6)
     assert (agg["turn1_judged"], agg["turn2_judged"], agg["turn1_total"]) == (4, 5, 6)
     assert agg["turn1_coverage"] == pytest.approx(4 / 6) and agg["turn2_coverage"] == pytest.approx(5 / 6)
     assert agg["judge_errors"] == 3 and agg["errors"] == 0
