@@ -209,6 +209,7 @@ class _Rule:
     find: Callable[[str], str | None]
     roles: tuple[str, ...] = ("user", "assistant")
     prose_only: bool = False  # run on the text with fenced blocks removed
+    needles: tuple[str, ...] = ()  # the regex runs only if the lowercased text holds one (speed)
 
 
 def _search(pattern: re.Pattern[str]) -> Callable[[str], str | None]:
@@ -218,24 +219,44 @@ def _search(pattern: re.Pattern[str]) -> Callable[[str], str | None]:
     return find
 
 
+def _words(spec: str) -> tuple[str, ...]:
+    return tuple(spec.split("|"))
+
+
+_LANG_NEEDLES = _words("python|javascript|typescript|java|c++|c#|php|sql|postgres|html|css|jquery|react|vue|node|"
+                       "next.js|django|fastapi|kotlin|golang|ruby|scala|perl|bash|powershell|matlab|vba|excel "
+                       "formula|apps script|solidity|swiftui|numpy|pytorch|tensorflow|dockerfile|regex|json|yaml|"
+                       "arduino|.net|laravel|spring boot")
 _RULES = (
-    _Rule("code", "code-block", STRONG, _fenced_code),
-    _Rule("code", "traceback", STRONG, _search(_TRACE)),
-    _Rule("code", "sql", STRONG, _search(_SQL)),
-    _Rule("code", "request", STRONG, _search(_REQUEST), roles=("user",)),
+    _Rule("code", "code-block", STRONG, _fenced_code, needles=("```",)),
+    _Rule("code", "traceback", STRONG, _search(_TRACE),
+          needles=_words('traceback|file "|exception|error|segmentation fault')),
+    _Rule("code", "sql", STRONG, _search(_SQL),
+          needles=_words("select|insert|create table|alter table|drop table|delete from|update")),
+    _Rule("code", "request", STRONG, _search(_REQUEST), roles=("user",),
+          needles=_words("code|script|function|program|class|method|quer|regex|regular expression|snippet|"
+                         "component|endpoint|api|module|algorithm|test|bot|app|command|macro|formula|loop")),
     _Rule("code", "pasted-code", STRONG, _pasted_code),
-    _Rule("code", "language", HINT, _search(_LANGUAGE)),
-    _Rule("code", "code-phrase", HINT, _search(_CODE_PHRASE)),
-    _Rule("code", "inline-code", HINT, _inline_code),
-    _Rule("math", "arithmetic", STRONG, _search(_ARITH), prose_only=True),
-    _Rule("math", "equation", STRONG, _search(_EQUATION), prose_only=True),
-    _Rule("math", "latex", STRONG, _search(_LATEX), prose_only=True),
-    _Rule("math", "math-symbol", STRONG, _search(_SYMBOL_STRONG), prose_only=True),
-    _Rule("math", "solve-request", STRONG, _search(_MATH_REQUEST), roles=("user",), prose_only=True),
-    _Rule("math", "word-problem", STRONG, _word_problem, roles=("user",), prose_only=True),
-    _Rule("math", "math-hint", HINT, _search(_SYMBOL_HINT), prose_only=True),
-    _Rule("math", "math-terms", HINT, _search(_MATH_TERMS), prose_only=True),
-    _Rule("math", "math-word", HINT, _search(_MATH_WORD), prose_only=True),
+    _Rule("code", "language", HINT, _search(_LANGUAGE), needles=_LANG_NEEDLES),
+    _Rule("code", "code-phrase", HINT, _search(_CODE_PHRASE),
+          needles=_words("code|error|stack trace|function call|return value|variable|array|debug")),
+    _Rule("code", "inline-code", HINT, _inline_code, needles=("`",)),
+    _Rule("math", "arithmetic", STRONG, _search(_ARITH), prose_only=True, needles=_words("*|×|÷|^|+| - |/| x ")),
+    _Rule("math", "equation", STRONG, _search(_EQUATION), prose_only=True, needles=_words("=|^|d/d|(|lim_")),
+    _Rule("math", "latex", STRONG, _search(_LATEX), prose_only=True, needles=("\\", "$$")),
+    _Rule("math", "math-symbol", STRONG, _search(_SYMBOL_STRONG), prose_only=True, needles=tuple("∫∑∏√∂∇")),
+    _Rule("math", "solve-request", STRONG, _search(_MATH_REQUEST), roles=("user",), prose_only=True,
+          needles=_words("solve|find|calculat|comput|evaluat|simplif|prove|derive|differentiat|integrat|"
+                         "factori|what|probability|word problem|math")),
+    _Rule("math", "word-problem", STRONG, _word_problem, roles=("user",), prose_only=True,
+          needles=("how ", "what ")),
+    _Rule("math", "math-hint", HINT, _search(_SYMBOL_HINT), prose_only=True, needles=tuple("≤≥≠±∞≈π²³<>")),
+    _Rule("math", "math-terms", HINT, _search(_MATH_TERMS), prose_only=True,
+          needles=_words("equation|derivativ|integral|theorem|polynomial|quadratic|logarithm|eigen|probabilit|"
+                         "variance|standard deviation|algebra|calculus|geometry|trigonometr|hypotenuse|"
+                         "arithmetic|fraction|denominator|numerator|proof|lemma|vector space|integer|"
+                         "prime number|exponent|inequalit|formula for")),
+    _Rule("math", "math-word", HINT, _search(_MATH_WORD), prose_only=True, needles=("math",)),
 )
 
 
@@ -246,12 +267,16 @@ def _short(text: str, width: int = 60) -> str:
 
 def classify(conv: Conversation) -> Verdict:
     """Labels {code, math} for one conversation, with every rule that fired (each rule counts once)."""
+    views = []  # per turn: (role, {prose_only: (text, lowercased)})
+    for msg in conv.messages:
+        prose = _FENCE.sub("\n", msg.content) if "```" in msg.content else msg.content
+        views.append((msg.role, {False: (msg.content, msg.content.lower()), True: (prose, prose.lower())}))
     evidence: list[Evidence] = []
     for rule in _RULES:
-        for turn, msg in enumerate(conv.messages):
-            if msg.role not in rule.roles:
+        for turn, (role, view) in enumerate(views):
+            text, lower = view[rule.prose_only]
+            if role not in rule.roles or (rule.needles and not any(n in lower for n in rule.needles)):
                 continue
-            text = _FENCE.sub("\n", msg.content) if rule.prose_only else msg.content
             hit = rule.find(text)
             if hit:
                 evidence.append(Evidence(rule.label, rule.name, rule.weight, turn, _short(hit)))
