@@ -15,8 +15,8 @@ Prompt modes (``--humaneval-mode``, recorded in config.json):
   kept (nanochat's shape);
 * ``auto`` (default): instruct, since SFT checkpoints are chat models.
 
-Scoring runs every program in ``harness.sandbox`` (bubblewrap + rlimits + an
-audit hook; see docs/humaneval.md) and needs ``--allow-code-execution``, which
+Scoring runs every program in ``harness.sandbox`` (bubblewrap, seccomp, rlimits,
+an audit hook, and the tests in a process of their own; see docs/humaneval.md) and needs ``--allow-code-execution``, which
 is checked by the registry before the task is built, before any model loads. pass@k uses the unbiased, numerically
 stable estimator of Chen et al. (2021); greedy pass@1 (n=1, temperature 0) is
 the default, as SFT papers report it. Verdicts are journaled by a hash of the
@@ -194,7 +194,7 @@ class HumanEval:
     """Python function synthesis, pass@k in a sandbox (needs --allow-code-execution)."""
 
     name = "humaneval"
-    version = "1"
+    version = "2"  # 2: instruct replies read with line-anchored fences (docs/fidelity.md)
     turns = 1
     Options = HumanEvalOptions
     needs_judge = False
@@ -259,8 +259,9 @@ class HumanEval:
     def _execute(self, jobs: list[tuple[str, Any]], ctx: Any) -> dict[str, dict[str, Any]]:
         """Verdict record per cache key; programs already in the journal are not run again."""
         if self.sandbox.fallback_reason:
-            ctx.log(f"WARNING: humaneval runs model code with isolation={self.sandbox.isolation} "
-                    f"({self.sandbox.fallback_reason}); install bubblewrap for filesystem/network/PID isolation")
+            from harness.sandbox.box import fallback_advice
+            ctx.log(f"WARNING: humaneval isolation={self.sandbox.isolation}: "
+                    f"{fallback_advice(self.sandbox.fallback_reason)}")
         journal = ctx.journal(f"{self.name}.exec.jsonl")
         todo = list({key: prog for key, prog in jobs if journal.get(key) is None}.items())
         bar = ctx.progress(f"{self.name} exec", len(todo))
@@ -269,7 +270,7 @@ class HumanEval:
             journal.append(todo[i][0], {"verdict": verdict.to_dict()})
             bar.update(1)
 
-        try:
+        try:  # on Ctrl-C run_many stops at once; the verdicts journaled so far are kept for the resume
             self.sandbox.run_many([p for _, p in todo], on_result=on_result)
         finally:
             journal.sync()
