@@ -213,3 +213,11 @@ def test_local_judge_option_errors_name_judge_args(checkpoint_dir: Path) -> None
         build_adapter(ModelSpec("hf", str(checkpoint_dir), args={"bogus": 1}), role="judge")
     with pytest.raises(UsageError, match=r"^unknown --model-args for hf: bogus"):
         build_adapter(ModelSpec("hf", str(checkpoint_dir), args={"bogus": 1}))
+
+
+@pytest.mark.parametrize("max_drop, needle", [("gsm8k=1,gsm8k=2", "gives gsm8k twice"), (",,,", "names no metric"),
+                                              ("gsm8k=1e9", "at most 100"), ("gsm8k=nan", "points >= 0")])
+def test_check_refuses_a_bad_max_drop(tmp_path: Path, max_drop: str, needle: str) -> None:
+    base = _baseline(tmp_path)
+    assert_usage_error(harness("check", str(base), "--baseline", str(base), "--max-drop", max_drop),
+                       "--max-drop", needle)
