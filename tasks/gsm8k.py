@@ -158,7 +158,7 @@ class GSM8K:
     """Grade-school math, exact match (strict #### and flexible last number)."""
 
     name = "gsm8k"
-    version = "1"
+    version = "2"  # 2: flexible extraction skips digit-less matches (docs/fidelity.md)
     turns = 1
     Options = GSM8KOptions
     needs_chat = True

@@ -219,7 +219,7 @@ class MTBench:
     """Two-turn chat questions graded 1-10 by an LLM judge (single-answer grading)."""
 
     name = "mt_bench"
-    version = "1"
+    version = "2"  # 2: score is FastChat's pooled average (docs/fidelity.md)
     turns = 2
     Options = MTBenchOptions
     needs_judge = True

@@ -42,7 +42,7 @@ def test_run_writes_files_and_resumes(model: Path, tmp_path: Path, capsys, isola
     config = json.loads((rd / "config.json").read_text())
     assert len(config["adapter"]["fingerprint"]) == 64
     assert config["adapter"]["chat_template_sha256"]
-    assert config["tasks"]["gsm8k"]["version"] == "1"
+    assert config["tasks"]["gsm8k"]["version"] == "2"
     assert config["environment"]["packages"]["torch"]
     rows = samples(rd)
     assert [r["id"] for r in rows] == ["gsm8k/0", "gsm8k/1", "gsm8k/2"]

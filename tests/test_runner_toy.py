@@ -287,3 +287,32 @@ def test_mt_bench_is_judged_through_the_runners_pass(tmp_path: Path, capsys) -> 
     other = Engines(judge=Judge(), judge_identity={"kind": "echo", "fingerprint": "another-judge"})
     runner.run_with_summary(cfg, other)  # another judge: re-judged, never reused; generations reused
     assert len(other.judge.sent) == 6 and other.model.sent == []
+
+
+# -- the same pass helper for log-likelihood requests -----------------------------------------------------
+
+def test_loglikelihood_requests_go_through_the_same_journaled_pass(tmp_path: Path) -> None:
+    from harness.core.journal import Journal
+    from harness.core.records import LoglikelihoodRequest, LoglikelihoodResult
+    from harness.run.passes import LOGLIKELIHOOD, run_pass
+
+    calls: list[str] = []
+
+    def loglikelihood(requests: Sequence[LoglikelihoodRequest], on_result: Callable | None = None) -> list:
+        out = []
+        for i, r in enumerate(requests):
+            calls.append(r.id)
+            res = LoglikelihoodResult(id=r.id, logprob_sum=-float(len(r.continuation)), n_tokens=1,
+                                      n_bytes=len(r.continuation), is_greedy=True)
+            if on_result:
+                on_result(i, res)
+            out.append(res)
+        return out
+
+    reqs = [LoglikelihoodRequest(id=f"p/{i}", context="The answer is", continuation=f" {i * 11}") for i in range(3)]
+    identity = {"kind": "toy-scorer"}
+    for _ in range(2):
+        with Journal(tmp_path / "p.loglikelihood.jsonl") as journal:
+            results = run_pass(lambda: loglikelihood, reqs, journal, identity, LOGLIKELIHOOD, "probe", "toy")
+    assert calls == ["p/0", "p/1", "p/2"]  # the second pass was served from the journal
+    assert [r.logprob_sum for r in results] == [-2.0, -3.0, -3.0] and [r.id for r in results] == ["p/0", "p/1", "p/2"]

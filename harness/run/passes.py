@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 from harness.core.errors import EngineError, UsageError
 from harness.core.journal import Journal
-from harness.core.records import Completion, Example, Task, sha256_json
+from harness.core.records import Completion, Example, LoglikelihoodResult, Task, sha256_json
 
 log = logging.getLogger("harness")
 
@@ -158,8 +158,14 @@ def _no_completion(request_id: str) -> Completion:
     return Completion(id=request_id, error="no completion")
 
 
+def _no_score(request_id: str) -> LoglikelihoodResult:
+    return LoglikelihoodResult(id=request_id, error="no result")
+
+
 GENERATION = PassSpec(field="completion", decode=Completion.from_dict, missing=_no_completion)
 JUDGMENT = GENERATION  # a judge is just another generator; its records have the same shape
+# ``run_pass(lambda: adapter.loglikelihood, requests, journal, identity, LOGLIKELIHOOD, ...)``
+LOGLIKELIHOOD = PassSpec(field="loglikelihood", decode=LoglikelihoodResult.from_dict, missing=_no_score)
 
 
 class LazyAdapter:
