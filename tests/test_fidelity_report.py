@@ -85,3 +85,43 @@ def test_gate_on_a_pooled_metric_uses_the_cluster_bootstrap(tmp_path, capsys):
     code = main(["check", str(worse), "--baseline", str(base)])
     out = capsys.readouterr().out
     assert code == 1 and "paired cluster bootstrap" in out and "80 paired questions" in out
+
+
+# -- a generic cluster field: several items drawn from one source (lm-eval documents per passage) ----
+
+def _with_clusters(run_dir, clusters):
+    """Rewrite a synthetic run's samples so each item names its cluster in info (as a task would)."""
+    import json
+
+    path = run_dir / "gsm8k.samples.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        row["info"] = {"cluster": clusters[row["id"]]}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_dir
+
+
+def test_items_sharing_a_cluster_are_one_unit(tmp_path):
+    from harness.readout.compare import estimate
+
+    # 6 items from 2 passages: p0 = 1,1,1,1 (4 items), p1 = 0,0 (2 items)
+    correct = [1, 1, 1, 1, 0, 0]
+    clusters = {f"q{i:03d}": ("p0" if i < 4 else "p1") for i in range(6)}
+    run = load_run(_with_clusters(make_run(tmp_path, "a", gsm8k(correct)), clusters))
+    task = run.tasks["gsm8k"]
+    est = estimate(task, task.specs[0])
+    assert est.value == pytest.approx(100 * 4 / 6)  # the item mean is unchanged ...
+    assert est.method == "clustered" and est.n == 2  # ... but the interval rests on 2 passages
+    mean, se = stats.weighted_mean_stderr([1.0, 0.0], [4, 2])
+    assert est.high - est.low == pytest.approx(2 * 1.959963984540054 * se * 100)
+
+
+def test_paired_test_on_clusters_resamples_passages(tmp_path):
+    base = [1] * 40 + [0] * 40
+    new = [0] * 10 + [1] * 30 + [0] * 40
+    clusters = {f"q{i:03d}": f"p{i // 4}" for i in range(80)}  # 20 passages of 4 documents
+    a = load_run(_with_clusters(make_run(tmp_path, "a", gsm8k(base)), clusters))
+    b = load_run(_with_clusters(make_run(tmp_path, "b", gsm8k(new)), clusters))
+    p = compare(b.tasks["gsm8k"], a.tasks["gsm8k"], a.tasks["gsm8k"].specs[0])
+    assert p.test == "paired cluster bootstrap" and p.n == 20
+    assert p.delta == pytest.approx(-12.5)

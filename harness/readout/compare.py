@@ -58,6 +58,7 @@ class TaskRun:
     item_ids_sha256: str
     scores: dict[str, dict[str, float]]  # item id -> {score key: value}; every item, {} when errored
     item_errors: dict[str, str] = field(default_factory=dict)  # item id -> its error, errored items only
+    clusters: dict[str, str] = field(default_factory=dict)  # item id -> its sampled unit (info.cluster), if any
 
 
 @dataclass(frozen=True)
@@ -169,12 +170,12 @@ def _load_task(run_dir: Path, name: str, rec: dict[str, Any]) -> TaskRun:
                          "item_ids_sha256); rerun it with this harness") from None
     specs.sort(key=lambda s: not s.primary)  # stable: primary first, then the task's order
     path = run_dir / f"{name}.samples.jsonl"
-    scores, item_errors = _read_samples(path)
+    scores, item_errors, clusters = _read_samples(path)
     n = int(rec.get("n", len(scores)))
     _check_samples(path, scores, n, item_hash)
     return TaskRun(name=name, version=version, n=n, errors=int(rec.get("errors", 0)),
                    metrics=dict(rec.get("metrics") or {}), specs=tuple(specs), item_ids_sha256=item_hash,
-                   scores=scores, item_errors=item_errors)
+                   scores=scores, item_errors=item_errors, clusters=clusters)
 
 
 def _check_samples(path: Path, scores: dict[str, dict[str, float]], n: int, item_hash: str) -> None:
@@ -188,12 +189,14 @@ def _check_samples(path: Path, scores: dict[str, dict[str, float]], n: int, item
                          "the file was replaced; rerun the run that wrote it")
 
 
-def _read_samples(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """Per-item scores (finite numbers only) and the errors of errored items."""
+def _read_samples(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, str], dict[str, str]]:
+    """Per-item scores (finite numbers only), the errors of errored items, and each item's cluster
+    (``info.cluster``: the unit it was sampled with, e.g. its source passage) where the task set one."""
     if not path.exists():
         raise UsageError(f"{path} is missing: the report needs the per-item samples written by `harness run`")
     out: dict[str, dict[str, float]] = {}
     errors: dict[str, str] = {}
+    clusters: dict[str, str] = {}
     for lineno, row in read_jsonl_numbered(path, required=("id",)):
         item, scores = str(row["id"]), row.get("scores") or {}
         if not isinstance(scores, dict):
@@ -205,7 +208,10 @@ def _read_samples(path: Path) -> tuple[dict[str, dict[str, float]], dict[str, st
                      if isinstance(v, (int, float)) and math.isfinite(v)}
         if row.get("error"):
             errors[item] = str(row["error"])
-    return out, errors
+        info = row.get("info")
+        if isinstance(info, dict) and info.get("cluster") is not None:
+            clusters[item] = str(info["cluster"])
+    return out, errors, clusters
 
 
 def check_comparable(runs: list[Run]) -> None:
@@ -230,15 +236,38 @@ def check_comparable(runs: list[Run]) -> None:
 
 # -- estimates -----------------------------------------------------------------------------------
 
+def _item_values(task: TaskRun, spec: MetricSpec) -> dict[str, tuple[float, float]]:
+    """item -> (value, weight): the rows its value averages (``spec.weight``), 1 for an unweighted metric."""
+    return {item: (s[spec.key], s.get(spec.weight, 1.0) if spec.weight else 1.0)
+            for item, s in task.scores.items() if spec.key in s}
+
+
+def units(task: TaskRun, spec: MetricSpec) -> dict[str, tuple[float, float]]:
+    """Sampled unit -> (value, weight). Items that name a cluster (``info.cluster``) are pooled into it:
+    its value is their weighted mean and its weight their total, so the pooled mean over units equals
+    the mean over items while every interval and test treats the cluster as one draw."""
+    items = _item_values(task, spec)
+    if not task.clusters:
+        return items
+    sums: dict[str, list[float]] = {}
+    for item, (v, w) in items.items():
+        acc = sums.setdefault(task.clusters.get(item, item), [0.0, 0.0])
+        acc[0] += v * w
+        acc[1] += w
+    return {unit: (num / den, den) for unit, (num, den) in sums.items()}
+
+
+def is_pooled(task: TaskRun, spec: MetricSpec) -> bool:
+    """Rows nested in units: a weighted metric, or items that share clusters."""
+    return spec.weight is not None or bool(task.clusters)
+
+
 def values(task: TaskRun, spec: MetricSpec) -> dict[str, float]:
-    return {item: s[spec.key] for item, s in task.scores.items() if spec.key in s}
+    return {unit: v for unit, (v, _) in units(task, spec).items()}
 
 
 def weights(task: TaskRun, spec: MetricSpec) -> dict[str, float]:
-    """Rows each item's value averages (``spec.weight``), 1 per item for an unweighted metric."""
-    if spec.weight is None:
-        return {item: 1.0 for item in values(task, spec)}
-    return {item: s.get(spec.weight, 1.0) for item, s in task.scores.items() if spec.key in s}
+    return {unit: w for unit, (_, w) in units(task, spec).items()}
 
 
 def is_binary(vals: list[float]) -> bool:
@@ -255,7 +284,7 @@ def estimate(task: TaskRun, spec: MetricSpec, alpha: float = 0.05) -> Estimate:
     z = Z95 if alpha == 0.05 else normal_ppf(1 - alpha / 2)
     if not vals:
         return Estimate(math.nan, math.nan, math.nan, 0, "none")
-    if spec.weight is not None:  # rows pooled over items, SE clustered on the item
+    if is_pooled(task, spec):  # rows pooled over units, SE clustered on the unit
         mean, se = weighted_mean_stderr(vals, list(weights(task, spec).values()))
         lo, hi = normal_interval(mean, se, z) if math.isfinite(se) else (math.nan, math.nan)
         return Estimate(mean * spec.scale, lo * spec.scale, hi * spec.scale, len(vals), "clustered")
@@ -300,7 +329,8 @@ def compare(new: TaskRun, base: TaskRun, spec: MetricSpec, alpha: float = 0.05) 
     n, s = len(x), spec.scale
     if n == 0:
         return Paired(math.nan, math.nan, math.nan, math.nan, "none", 0, unit=spec.unit)
-    if spec.kind == "binary" and spec.weight is None and is_binary(x) and is_binary(y):
+    pooled = is_pooled(new, spec) or is_pooled(base, spec)
+    if spec.kind == "binary" and not pooled and is_binary(x) and is_binary(y):
         worse = sum(1 for a, b in zip(x, y, strict=True) if a > b)
         better = sum(1 for a, b in zip(x, y, strict=True) if a < b)
         lo, hi = tango_interval(worse, better, n, 1 - alpha)  # interval of the drop (worse - better) / n
@@ -309,10 +339,10 @@ def compare(new: TaskRun, base: TaskRun, spec: MetricSpec, alpha: float = 0.05) 
                       p_exact=p_exact, significant=p < alpha and p_exact < alpha,
                       mde=mde_paired_binary(n, (worse + better) / n, alpha, sided=2) * s, unit=spec.unit)
     delta = (_pooled(y, wy) - _pooled(x, wx)) * s
-    test = "paired cluster bootstrap" if spec.weight is not None else "paired bootstrap"
+    test = "paired cluster bootstrap" if pooled else "paired bootstrap"
     if n < 2:  # one unit: resampling it says nothing about noise
         return Paired(delta, math.nan, math.nan, math.nan, test, n, unit=spec.unit)
-    if spec.weight is None:
+    if not pooled:
         boot = sorted(bootstrap_means([(b - a) * s for a, b in zip(x, y, strict=True)]))
     else:
         boot = sorted(d * s for d in bootstrap_weighted_diffs(x, wx, y, wy))

@@ -73,6 +73,7 @@ from harness.readout.compare import (
     check_comparable,
     estimate,
     is_binary,
+    is_pooled,
     load_run,
     paired_spread,
     paired_units,
@@ -240,7 +241,7 @@ def judge(new: TaskRun, base: TaskRun, spec: MetricSpec, max_drop: float, alpha:
     sign = 1.0 if spec.higher_is_better else -1.0
     common = dict(task=new.name, metric=spec.name, scale=spec.scale, baseline=estimate(base, spec).value,
                   value=estimate(new, spec).value, max_drop=max_drop, paired=len(x), unit=spec.unit)
-    if spec.weight is not None:
+    if is_pooled(new, spec) or is_pooled(base, spec):
         return _judge_clustered((x, wx, y, wy), sign, spec.scale, max_drop, alpha, common)
     if spec.kind == "binary" and is_binary(x) and is_binary(y):
         return _judge_binary(x, y, sign, spec.scale, max_drop, alpha, common)
