@@ -103,6 +103,8 @@ def test_kernel_layers_hold_without_the_audit_hook(isolation: str, user: str) ->
     if isolation == "bubblewrap":  # subprocess is importable there: fork_exec itself reaches the kernel
         assert v["fork_exec via preloaded subprocess"].startswith("sandbox violation: seccomp"), v
     for name in FALSE_PASSES:
+        if isolation == "rlimits-only" and "answer key" in name:
+            continue  # no filesystem namespace: only the audit hook keeps installed packages unread
         assert not v[name].startswith("passed"), (name, v[name])
     assert v["pidfd_send_signal to another process"].startswith("sandbox violation"), v
     assert out["connections"] == 0 and out["victim_alive"]

@@ -37,6 +37,7 @@ from harness.sandbox.bwrap import (
     bwrap_command,
     clean_env,
     find_bwrap,
+    hidden_paths,
     ro_paths,
     self_test,
 )
@@ -194,7 +195,7 @@ class Sandbox:
         tmp = "/tmp" if bwrapped else tempfile.gettempdir()
         job = {"limits": asdict(self.limits), "audit": self.audit, "seccomp": True,
                "slot_uid": None if self._uid_base is None else self._uid_base + slot,
-               "tmp": tmp, "wipe_tmp": bwrapped, "read_roots": [*ro_paths(), *DEVICES],
+               "tmp": tmp, "wipe_tmp": bwrapped, "read_roots": [*ro_paths(), *DEVICES], "hidden": hidden_paths(),
                "preload": sorted(program.preload), "setup": program.setup,
                "program": program.program, "test": program.test, "entry_point": program.entry_point}
         t0 = time.monotonic()

