@@ -47,7 +47,14 @@ from typing import Any
 from harness.adapters._template import resolve_chat_template
 from harness.core.errors import EngineError, UsageError
 from harness.core.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
-from harness.core.records import Completion, OnResult, Request
+from harness.core.records import (
+    Completion,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    OnResult,
+    OnScore,
+    Request,
+)
 
 log = logging.getLogger("harness")
 
@@ -242,6 +249,12 @@ class VLLMAdapter:
                                              max_tokens=min(r.max_tokens, room), stop=list(r.stop) or None,
                                              seed=r.seed)
         return {"prompt_token_ids": ids}, params
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                      on_result: OnScore | None = None) -> list[LoglikelihoodResult]:
+        """Continuation log-likelihoods from ``prompt_logprobs`` (``adapters/vllm_scoring.py``)."""
+        from harness.adapters.vllm_scoring import loglikelihood
+        return loglikelihood(self, requests, on_result)
 
     def close(self) -> None:
         engine, self.engine = getattr(self, "engine", None), None
