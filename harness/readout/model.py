@@ -3,8 +3,12 @@
 One ``MetricRow`` per run x task x metric holds the estimate in reported units
 and, when a baseline was given, its paired ``Comparison``. The markdown, CSV,
 JSON and HTML renderers, the plots and ``load_runs`` (pandas frames for
-notebooks) all read these records, so none of them imports another and no
-renderer looks a number up by a string key.
+notebooks) all read these records: plots and HTML need nothing from report.py
+(which writes the files and calls them), so the readout imports in one
+direction, and no renderer looks a number up by a string key.
+
+Import order inside the readout: compare (loading, statistics) < model <
+tables, plots, frames < html_report < report; the gate needs compare only.
 
 ``MetricRow.record()`` is the flat form written to CSV/JSON and turned into a
 DataFrame row: its keys and their order are the report's file format.
