@@ -151,13 +151,36 @@ def run(cfg: RunConfig, connect: Connect | None = None) -> Path:
 def run_with_summary(cfg: RunConfig, connect: Connect | None = None) -> tuple[Path, dict[str, Any]]:
     """plan -> generate -> judge -> score. ``connect`` turns a model spec into a lazily built adapter
     (tests pass one that needs no torch); every preflight passes before the run directory is touched."""
-    from harness.run.passes import generate_task, judge_task
-    from harness.run.rundir import check_run_id, open_run_dir
-    from harness.run.score import needs_judge, score_run
+    from harness.run.rundir import open_run_dir
+
+    t0 = time.monotonic()
+    plan = _plan(cfg, connect or connect_adapter)
+    with open_run_dir(cfg.out, plan.run_id) as rd:
+        _resume_or_fresh(rd, cfg, plan.model)
+        log.info("plan: %s | %s | run dir %s (%.1f s)", cfg.model.label,
+                 ", ".join(f"{t.name}={len(plan.examples[t.name])}" for t in plan.tasks), rd.path,
+                 time.monotonic() - t0)
+        summary = _execute(cfg, plan, rd.path, t0)
+    log.info("done: %s (%.1f s)", rd.path, time.monotonic() - t0)
+    return rd.path, summary
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything checked before the run directory is touched."""
+
+    run_id: str
+    tasks: list[Task]
+    examples: dict[str, list[Any]]
+    model: LazyAdapter
+    judge: LazyAdapter | None
+    judge_spec: ModelSpec | None
+
+
+def _plan(cfg: RunConfig, connect: Connect) -> Plan:
+    from harness.run.rundir import check_run_id
     from harness.tasks import build_tasks
 
-    connect = connect or connect_adapter
-    t0 = time.monotonic()
     run_id = check_run_id(cfg.run_id) if cfg.run_id is not None else default_run_id(cfg)
     check_model_target(cfg.model)
     if cfg.judge.spec:
@@ -175,34 +198,35 @@ def run_with_summary(cfg: RunConfig, connect: Connect | None = None) -> tuple[Pa
         from harness.readout.gate import preflight as preflight_baseline
         preflight_baseline(Path(cfg.baseline), {t.name: (t.version, [ex.id for ex in examples[t.name]])
                                                 for t in tasks})
-    with open_run_dir(cfg.out, run_id) as rd:
-        run_dir = rd.path
-        _resume_or_fresh(rd, cfg, model)
-        log.info("plan: %s | %s | run dir %s (%.1f s)", cfg.model.label,
-                 ", ".join(f"{t.name}={len(examples[t.name])}" for t in tasks), run_dir, time.monotonic() - t0)
-        config = _config_record(cfg, run_dir, model, tasks, judge_spec, judge)
-        write_json_atomic(run_dir / "config.json", config)
-        # Every generation pass first, then the model is released before judging, so a
-        # local judge (hf:/vllm:) never shares the GPU with the model under test.
+    return Plan(run_id, tasks, examples, model, judge, judge_spec)
+
+
+def _execute(cfg: RunConfig, plan: Plan, run_dir: Path, t0: float) -> dict[str, Any]:
+    from harness.run.passes import generate_task, judge_task
+    from harness.run.score import score_run
+
+    config = _config_record(cfg, run_dir, plan.model, plan.tasks, plan.judge_spec, plan.judge)
+    write_json_atomic(run_dir / "config.json", config)
+    # Every generation pass first, then the model is released before judging, so a
+    # local judge (hf:/vllm:) never shares the GPU with the model under test.
+    try:
+        generated = {t.name: generate_task(t, plan.examples[t.name], plan.model, run_dir) for t in plan.tasks}
+        if plan.model.loaded:
+            config["adapter"] = redact(plan.model.describe())
+    finally:
+        plan.model.close()
+    if plan.judge is not None:
         try:
-            generated = {t.name: generate_task(t, examples[t.name], model, run_dir) for t in tasks}
-            if model.loaded:
-                config["adapter"] = redact(model.describe())
+            for t in plan.tasks:
+                if t.needs_judge:
+                    judge_task(t, plan.examples[t.name], generated[t.name], plan.judge, run_dir)
         finally:
-            model.close()
-        try:
-            for t in tasks:
-                if needs_judge(t) and judge is not None:
-                    judge_task(t, examples[t.name], generated[t.name], judge, run_dir)
-        finally:
-            if judge is not None:
-                judge.close()
-        summary = score_run(run_dir, tasks, examples, config, replace=True)
-        config["finished_at"] = _now()
-        config["wall_seconds"] = round(time.monotonic() - t0, 3)
-        write_json_atomic(run_dir / "config.json", config)
-    log.info("done: %s (%.1f s)", run_dir, time.monotonic() - t0)
-    return run_dir, summary
+            plan.judge.close()
+    summary = score_run(run_dir, plan.tasks, plan.examples, config, replace=True)
+    config["finished_at"] = _now()
+    config["wall_seconds"] = round(time.monotonic() - t0, 3)
+    write_json_atomic(run_dir / "config.json", config)
+    return summary
 
 
 class Connect(Protocol):

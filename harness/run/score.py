@@ -97,10 +97,6 @@ def collect_judgments(task: Task, examples: Sequence[Example], completions: Mapp
     return {r.id: c for r, c in zip(reqs, found, strict=True) if c is not None}
 
 
-def needs_judge(task: Task) -> bool:
-    return bool(task.needs_judge)  # declared by every task (harness.core.records.Task)
-
-
 def score_run(run_dir: Path, tasks: Sequence[Task], examples: Mapping[str, list[Example]], config: dict[str, Any],
               *, replace: bool) -> dict[str, Any]:
     """Score every task from the run's files; write samples, summary.json and report.md; return the summary."""
@@ -114,7 +110,7 @@ def score_run(run_dir: Path, tasks: Sequence[Task], examples: Mapping[str, list[
         exs = examples[task.name]
         completions, by_turn = collect_generations(task, exs, run_dir, identity["model"])
         judgments = (collect_judgments(task, exs, completions, run_dir, identity["judge"])
-                     if needs_judge(task) and identity.get("judge") else {})
+                     if task.needs_judge and identity.get("judge") else {})
         ctx = ScoreRun(run_dir, judgments, judge_spec)
         try:
             results = task.score(exs, completions, ctx)
@@ -134,7 +130,7 @@ def _task_summary(task: Task, examples: Sequence[Example], results: Sequence[Res
     entry = {"version": task.version, "n": len(results), "errors": sum(1 for r in results if r.error),
              "metrics": task.aggregate(results), "metric_specs": [m.to_dict() for m in task.metrics],
              "config": task.describe(), "item_ids_sha256": sha256_json(sorted(ex.id for ex in examples))}
-    if needs_judge(task):
+    if task.needs_judge:
         entry["judge"] = (config.get("judge") or {}).get("spec")
     return entry
 
