@@ -10,8 +10,9 @@ ours: batch 8 on CPU); ``--lmeval-batch-size`` adds a second lm-eval run.
 Agreement: lm-eval's logged responses are re-scored by our extractors and
 compared item by item with lm-eval's strict-match and flexible-extract
 verdicts. Where the definitions differ (lm-eval compares strings after its
-``regexes_to_ignore``; we compare numbers, so ``18.00`` equals ``18``) the
-disagreement is printed with its text.
+``regexes_to_ignore``; we compare numbers, so ``18.00`` equals ``18``; our
+flexible extractor skips matches without a digit, such as a trailing ``$$``
+or ``...``; see docs/fidelity.md) the disagreement is printed with its text.
 
     python bench/vs_lmeval.py --limit 20
 """

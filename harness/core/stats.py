@@ -7,13 +7,18 @@ proportions the Wilson interval, which behaves at 0 and 1 and at small n.
 Paired comparisons of two runs on the same items (used by ``harness report
 --baseline`` and ``harness check``):
 
-* binary per-item scores: exact McNemar (a binomial test on the discordant
-  pairs) for "did anything change", Tango's score interval for the difference
-  in accuracy, and Tango's score test for a non-zero margin ("did it drop by
-  more than 1 point");
+* binary per-item scores: Tango's score interval for the difference in
+  accuracy and the p-value of the same score test (so the two agree), exact
+  McNemar (a binomial test on the discordant pairs) beside it, and Tango's
+  score test for a non-zero margin ("did it drop by more than 1 point");
 * continuous per-item scores (MT-Bench ratings): the paired bootstrap (items
   resampled with a fixed seed), percentile interval and the p-values that
-  invert it.
+  invert it;
+* pooled metrics, whose rows nest in the sampled unit (MT-Bench turns in a
+  question): the weighted mean with a cluster-robust standard error and the
+  paired cluster bootstrap;
+* power (the minimum detectable effect at 80% power, with the exact McNemar
+  floor) and Holm's step-down procedure for a gate over several metrics.
 
 Everything here is pure Python plus numpy; scipy is only used by the tests,
 as the reference.
