@@ -14,6 +14,7 @@ entry below, or, from outside this package, ``harness.tasks.register(name,
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.metadata
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from harness.core.errors import UsageError
-from harness.core.options import Options, SharedOptions, iter_flags, specs
+from harness.core.options import Options, SharedOptions, from_namespace, iter_flags, specs
 
 if TYPE_CHECKING:
     from harness.core.records import Task
@@ -137,6 +138,17 @@ def describe_tasks() -> str:
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         lines.append(f"{name:10s} v{cls.version}  {doc}")
     return "\n".join(lines)
+
+
+def options_from_flags(args: argparse.Namespace, suites: Sequence[str]) -> dict[str, Options]:
+    """Each suite's options from parsed flags; a flag of a task the run leaves out has no effect, so it is refused."""
+    for name, cls in options_classes().items():
+        given = [s.flag for s in specs(cls) if name not in suites and getattr(args, s.dest, None) is not None]
+        if given:
+            what = "is an option" if len(given) == 1 else "are options"
+            raise UsageError(f"{', '.join(given)} {what} of {name}, which --suite {','.join(suites)} does not run; "
+                             f"add {name} to --suite or drop the flag")
+    return {name: from_namespace(cls, args) for name, cls in options_classes(suites).items()}
 
 
 def moved_key(key: str) -> tuple[str, str] | None:

@@ -209,3 +209,10 @@ def test_harness_study_exits_2_before_any_training(tmp_path, monkeypatch, capsys
 def test_from_table_refuses_a_non_table() -> None:
     with pytest.raises(UsageError, match=r"\[eval.gsm8k\] must be a table, got int"):
         from_table(GSM8KOptions, 3, "[eval.gsm8k]")  # type: ignore[arg-type]
+
+
+def test_a_flag_of_a_task_not_in_the_suite_is_refused() -> None:
+    with pytest.raises(UsageError, match=r"^--n is an option of humaneval, which --suite gsm8k does not run; "
+                                         r"add humaneval to --suite or drop the flag$"):
+        cfg("--suite", "gsm8k", "--n", "5")
+    assert cfg("--suite", "gsm8k,humaneval", "--n", "5", "--allow-code-execution").task_options["humaneval"].n == 5

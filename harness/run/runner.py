@@ -84,11 +84,11 @@ class RunConfig:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Every flag parsed and checked here, before any data or model is touched."""
     from harness.core.options import from_namespace
-    from harness.tasks import options_classes, resolve_suites
+    from harness.tasks import options_from_flags, resolve_suites
 
     suites = resolve_suites(args.suite)
     shared = from_namespace(SharedOptions, args)
-    task_options = {name: from_namespace(cls, args) for name, cls in options_classes(suites).items()}
+    task_options = options_from_flags(args, suites)
     judge = JudgeOptions(
         spec=parse_model_spec(args.judge, args.judge_args, args.judge_base_url, flag="--judge") if args.judge else None,
         concurrency=args.judge_concurrency)
