@@ -161,3 +161,37 @@ def test_chat_context_without_a_template_is_a_usage_error(hf, monkeypatch):
     monkeypatch.setattr(hf.tokenizer, "chat_template", None)
     with pytest.raises(UsageError, match="chat template"):
         hf.loglikelihood([LoglikelihoodRequest(id="c", context=(Message("user", "hi"),), continuation="yo")])
+
+
+def test_hf_scoring_pass_is_journaled_and_resumes_after_a_kill(hf, tmp_path):
+    from harness.core.journal import Journal
+    from harness.run.passes import LOGLIKELIHOOD, run_pass
+
+    reqs = [raw(f"p/{i}", f"Question {i}: what is {i} plus {i}?", f" {2 * i}") for i in range(5)]
+    direct = hf.loglikelihood(reqs)
+    identity = {"kind": "hf", "fingerprint": "tiny"}
+
+    def dies_after_two(requests, on_result):
+        landed = 0
+
+        def callback(i, res):
+            nonlocal landed
+            on_result(i, res)
+            landed += 1
+            if landed == 2:
+                raise KeyboardInterrupt  # killed mid-pass
+        return hf.loglikelihood(requests, callback)
+
+    sent: list[str] = []
+
+    def recording(requests, on_result):
+        sent.extend(r.id for r in requests)
+        return hf.loglikelihood(requests, on_result)
+
+    path = tmp_path / "probe.loglikelihood.jsonl"
+    with pytest.raises(KeyboardInterrupt), Journal(path) as journal:
+        run_pass(lambda: dies_after_two, reqs, journal, identity, LOGLIKELIHOOD, "probe", "hf")
+    with Journal(path) as journal:
+        resumed = run_pass(lambda: recording, reqs, journal, identity, LOGLIKELIHOOD, "probe", "hf")
+    assert len(sent) == 3  # the two journaled results were not scored again
+    assert [r.to_dict() for r in resumed] == [r.to_dict() for r in direct]
