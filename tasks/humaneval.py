@@ -28,6 +28,7 @@ Example: ``harness run --model smollm2-135m-instruct --suite humaneval --allow-c
 
 from __future__ import annotations
 
+import ast
 import gzip
 import re
 from collections.abc import Mapping, Sequence
@@ -139,14 +140,34 @@ def extract_code(text: str, entry_point: str) -> str:
 
     Among the python (or untagged) fenced blocks: the last one that defines
     ``entry_point`` (a revised answer comes after the first try; a usage
-    example defines nothing), else the last block; with no such block, the
-    reply itself (a bare-code answer).
+    example defines nothing), else the last block, preceded by any earlier
+    definitions-only block it uses (a helper shown first); with no python
+    block, the reply itself (a bare-code answer).
     """
     blocks = [b.code for b in fenced_blocks(text) if b.lang in PYTHON_TAGS]
     if not blocks:
         return text
-    defining = [b for b in blocks if defines(b, entry_point)]
-    return (defining or blocks)[-1]
+    defining = [i for i, b in enumerate(blocks) if defines(b, entry_point)]
+    chosen = defining[-1] if defining else len(blocks) - 1
+    helpers = [b for b in blocks[:chosen] if _helper_for(b, blocks[chosen], entry_point)]
+    return "\n".join([*helpers, blocks[chosen]])
+
+
+def _helper_for(block: str, code: str, entry_point: str) -> bool:
+    """An earlier block holding only definitions (imports, functions, classes) that ``code`` uses:
+    "first a helper, then the function" replies. A block that runs anything is a usage example."""
+    try:
+        tree, used = ast.parse(block), ast.parse(code)
+    except SyntaxError:
+        return False
+    kinds = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    if not all(isinstance(node, kinds) for node in tree.body):
+        return False
+    names = {node.name for node in tree.body if hasattr(node, "name")}
+    names |= {(a.asname or a.name).split(".")[0] for node in tree.body
+              if isinstance(node, ast.Import | ast.ImportFrom) for a in node.names}
+    loaded = {n.id for n in ast.walk(used) if isinstance(n, ast.Name)}
+    return entry_point not in names and bool(names & loaded)
 
 
 def prompt_preamble(prompt: str, entry_point: str) -> str:

@@ -77,3 +77,26 @@ def test_samples_of_one_problem_form_one_unit() -> None:
     task = he.HumanEval(he.HumanEvalOptions(n=4, temperature=0.8))
     assert {m.unit for m in task.metrics} == {"problem"}
     assert all(m.weight is None for m in task.metrics)  # one value per problem: nothing to pool
+
+
+HELPER = "def frac(x: float) -> float:\n    return x - int(x)\n"
+USES_HELPER = "def truncate_number(number: float) -> float:\n    return frac(number)\n"
+
+
+def test_a_helper_block_before_the_solution_is_kept() -> None:
+    reply = f"A helper:\n```python\n{HELPER}```\nThen:\n```python\n{USES_HELPER}```\n"
+    assert he.extract_code(reply, "truncate_number") == HELPER + "\n" + USES_HELPER
+    problem = he.load_problems()[2]
+    scope: dict = {}
+    exec(compile(he.build_program(problem, reply, "instruct") + "\n" + problem["test"], "<helper>", "exec"), scope)
+    scope["check"](scope["truncate_number"])
+
+
+@pytest.mark.parametrize("earlier", [
+    "print(truncate_number(3.5))\n",  # a usage example runs code: never carried over
+    "def unused(x):\n    return x\n",  # defines nothing the solution uses
+    "def frac(x):\n    return x -\n",  # does not parse
+])
+def test_other_earlier_blocks_are_not_carried_over(earlier: str) -> None:
+    reply = f"```python\n{earlier}```\n```python\n{USES_HELPER}```"
+    assert he.extract_code(reply, "truncate_number") == USES_HELPER
