@@ -88,3 +88,10 @@ def test_score_of_an_hf_run_is_byte_identical_and_loads_no_model(tiny_llama: Pat
     monkeypatch.setattr(hf.HFAdapter, "__init__", no_load)
     assert main(["score", str(out / "hf")]) == 0
     assert (out / "hf" / "summary.json").read_bytes() == before
+
+
+def test_score_from_inside_the_run_directory(stub_run: Path, monkeypatch, capsys) -> None:
+    before = (stub_run / "summary.json").read_bytes()
+    monkeypatch.chdir(stub_run)
+    assert main(["score", "."]) == 0
+    assert (stub_run / "summary.json").read_bytes() == before

@@ -206,6 +206,7 @@ def main_score(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     config = _read_config(run_dir)
+    run_dir = run_dir.resolve()  # `harness score .` from inside the run directory works too
     with open_run_dir(run_dir.parent, run_dir.name):
         tasks, limit = _tasks_from_config(config)
         examples = {t.name: t.load(limit) for t in tasks}
