@@ -382,3 +382,22 @@ def test_plain_data_refuses_look_alikes() -> None:
     for forged in ({"t": 1}, {"zz": []}, {"a": 1, "b": 2}, {"d": [[1]]}):
         with pytest.raises(ValueError):
             plain.decode(json.loads(json.dumps(forged)))
+
+
+def test_canonical_solutions_pass_and_empty_completions_fail_under_rlimits_only() -> None:
+    """The auto level (bubblewrap here and in CI) is covered by tests/test_humaneval.py; the fallback
+    runs programs as a slot uid that may not read the standard library (pyenv under /root)."""
+    from harness.tasks.humaneval import build_program, imported_modules, load_problems
+
+    problems = load_problems()
+
+    def program(p: dict, text: str) -> Program:
+        return Program(build_program(p, text, "completion"), p["test"], p["entry_point"], setup=p["prompt"],
+                       preload=imported_modules(p["test"] + p["prompt"]))
+
+    with Sandbox(Limits(timeout=10), isolation="rlimits-only", workers=2) as sandbox:
+        verdicts = sandbox.run_many([program(p, p["canonical_solution"]) for p in problems]
+                                    + [program(p, "") for p in problems])
+    canonical, empty = verdicts[:164], verdicts[164:]
+    assert [p["task_id"] for p, v in zip(problems, canonical, strict=True) if not v.passed] == []
+    assert [p["task_id"] for p, v in zip(problems, empty, strict=True) if v.passed] == []

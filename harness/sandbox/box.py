@@ -52,6 +52,7 @@ Status = Literal["passed", "failed", "timed out", "sandbox violation"]
 # share a uid: RLIMIT_NPROC and the kill(-1) clean-up are per uid.
 SLOT_UID_BASE = 1_500_000_000
 VIOLATION_EXIT = 86  # inside/guard.py: the audit hook ends the program's process with this status
+SECCOMP_ARCHES = ("x86_64", "aarch64")  # inside/guard.py has their syscall tables; elsewhere RLIMIT_NPROC only
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full")
 
 
@@ -137,7 +138,8 @@ class Sandbox:
     def describe(self) -> dict[str, Any]:
         """Everything that can change a verdict; part of the execution cache key."""
         return {"isolation": self.isolation, "limits": asdict(self.limits), "audit": self.audit,
-                "server_sha256": _server_hash(), "python": sys.version.split()[0],
+                "seccomp": os.uname().machine in SECCOMP_ARCHES, "server_sha256": _server_hash(),
+                "python": sys.version.split()[0],
                 "fallback_reason": self.fallback_reason}
 
     def run_many(self, programs: Sequence[Program],
