@@ -164,3 +164,23 @@ def test_a_judge_that_dies_after_generation_exits_1(tmp_path: Path, capsys) -> N
     err = capsys.readouterr().err
     assert "Traceback" not in err and "finished work is kept" in err
     assert len((out / "r" / "mt_bench.generations.jsonl").read_text().splitlines()) == 2
+
+
+def test_two_concurrent_runs_into_one_directory_one_wins_the_other_fails_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "SFT_HARNESS_CACHE": str(tmp_path / "cache")}
+    env.pop("OPENAI_API_KEY", None)
+    with StubServer(latency=1.5) as stub:  # the winner holds the lock for 3 s: the loser meets it
+        cmd = [sys.executable, "-m", "harness", *gsm8k_run(stub.url, out, "--run-id", "same", "--concurrency", "1")]
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    lines = [ln for ln in loser.strip().splitlines() if " INFO " not in ln]
+    assert len(lines) == 1 and "is in use by harness pid" in lines[0] and "Traceback" not in loser
+    assert len((out / "same" / "gsm8k.generations.jsonl").read_text().splitlines()) == 2  # one writer
