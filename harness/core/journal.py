@@ -23,9 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# Moved to the file kernel; re-exported while callers move their imports there.
-from harness.core.files import strict_json, write_json_atomic, write_jsonl_atomic  # noqa: F401
-
 log = logging.getLogger("harness")
 
 _CRC = "_crc"
