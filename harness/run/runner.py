@@ -238,6 +238,7 @@ def connect_adapter(spec: ModelSpec, role: str, *, chat_template: str | None, co
                     needs_chat: bool) -> LazyAdapter:
     """Check and preflight a model, compute its output identity from files; load nothing yet."""
     from harness.adapters import _gpu_present, build_adapter, preflight, resolve_kind, resolve_target
+
     flag = "--judge" if role == "judge" else "--model"
     check_model_target(spec, flag=flag)
     kind = resolve_kind(spec)
