@@ -81,3 +81,26 @@ def test_errored_items_keep_their_error_and_no_score(tmp_path):
 def test_bad_alpha_is_refused():
     with pytest.raises(UsageError, match="alpha must be between 0 and 0.5"):
         load_runs(RUNS, alpha=0.7)
+
+
+def test_report_csv_from_the_frame_keeps_every_value_as_recorded(tmp_path):
+    """pandas must not reformat numbers (30 -> 30.0, repr digits) or write nan/inf: the CSV is the rows."""
+    import csv
+    import io
+
+    from harness.readout.compare import load_run
+    from harness.readout.frames import to_csv
+    from harness.readout.model import build_report
+
+    mt = {"m0": {"score": 6.0}, "m1": {"score": 8.0}, "m2": None}
+    a = make_run(tmp_path, "a", {"gsm8k": {"scores": binary_scores([1, 0, 1, 1])},
+                                 "mt_bench": {"scores": mt, "specs": MT_SPECS}}, metadata={"k": 0.25})
+    b = make_run(tmp_path, "b", {"gsm8k": {"scores": binary_scores([0, 0, 1, 1])},
+                                 "mt_bench": {"scores": {**mt, "m1": {"score": 7.0}}, "specs": MT_SPECS}})
+    report = build_report([load_run(b)], load_run(a), 0.05)
+    rows = list(csv.DictReader(io.StringIO(to_csv(report))))
+    assert len(rows) == len(report.rows)
+    for row, rec in zip(rows, (r.record() for r in report.rows), strict=True):
+        for key, value in rec.items():
+            finite = not (isinstance(value, float) and not math.isfinite(value))
+            assert row[key] == (str(value) if value is not None and finite else ""), (key, value, row[key])
