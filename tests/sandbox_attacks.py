@@ -205,6 +205,17 @@ AUDIT_GAPS = {  # item 5
         d = os.open('/proc', os.O_RDONLY)
         print(os.read(os.open('{pid}/environ', os.O_RDONLY, dir_fd=d), 4096))
     """,
+    "open the harness's and the server's memory": """
+        import os
+        for pid in ({pid}, os.getppid()):
+            try:
+                with open('/proc/%d/mem' % pid, 'r+b'):
+                    print('OPENED', pid)
+            except OSError:
+                pass
+        def f():
+            return 1
+    """,
     "pidfd_send_signal to another process": """
         import os, signal
         signal.pidfd_send_signal(os.pidfd_open({victim}), signal.SIGKILL)

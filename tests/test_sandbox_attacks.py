@@ -73,6 +73,7 @@ def _assert_contained(out: dict) -> None:
     assert out["victim_alive"], "the program killed another process"
     assert out["survived"] == [], f"files left outside the sandbox: {out['survived']}"
     assert all(SECRET not in o for o in out["outputs"].values())
+    assert all("OPENED" not in o for o in out["outputs"].values())
 
 
 @pytest.mark.parametrize("user", USERS)
@@ -108,6 +109,7 @@ def test_kernel_layers_hold_without_the_audit_hook(isolation: str, user: str) ->
         assert not v[name].startswith("passed"), (name, v[name])
     assert v["pidfd_send_signal to another process"].startswith("sandbox violation"), v
     assert out["connections"] == 0 and out["victim_alive"]
+    assert "OPENED" not in out["outputs"]["open the harness's and the server's memory"]  # both non-dumpable
     if not (isolation == "rlimits-only" and user == "nobody"):
         # Without bubblewrap or a slot uid, the program runs as the user: only the hook stands in the way.
         assert out["survived"] == [], out["survived"]

@@ -134,6 +134,8 @@ class Sandbox:
         weakref.finalize(self, _close_all, self._servers)
         if self.fallback_reason:
             log.warning("SANDBOX: %s", fallback_advice(self.fallback_reason))
+            if os.geteuid() != 0:
+                _make_undumpable()
 
     def describe(self) -> dict[str, Any]:
         """Everything that can change a verdict; part of the execution cache key."""
@@ -205,6 +207,18 @@ class Sandbox:
         if reply is None:  # the server itself hung or died: count it, restart it for the next program
             return Verdict("failed", "sandbox server died", round(time.monotonic() - t0, 4))
         return verdict_from_reply(reply, nonce)
+
+
+def _make_undumpable() -> None:
+    """Without namespaces or a slot uid, programs run as this process's user, which could open
+    /proc/<harness>/mem and /proc/<harness>/environ if the audit hook were bypassed. A non-dumpable
+    process's /proc files belong to root (and it cannot be ptraced): the harness's memory and
+    secrets stay out of reach. The cost: no core dumps and no debugger attach for this process."""
+    import ctypes
+
+    if ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) == 0:  # PR_SET_DUMPABLE
+        log.warning("SANDBOX: this process is now non-dumpable, so programs running as %s cannot read its "
+                    "memory or environment", os.environ.get("USER") or os.geteuid())
 
 
 def install_hint(reason: str) -> str:

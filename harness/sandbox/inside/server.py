@@ -27,11 +27,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import check  # noqa: E402
+import guard  # noqa: E402
 import plain  # noqa: E402
 import program  # noqa: E402
 
 del sys.path[0]
 sys.set_int_max_str_digits(0)  # big integers are plain data too
+guard.set_dumpable(False)  # a program of the same uid can then neither open this process's memory nor ptrace it
 
 # Imported once here, shared by every child through fork: no per-program cost. (Under rlimits-only with
 # an interpreter the slot uid cannot read, such as pyenv under /root, only these are importable.) No
