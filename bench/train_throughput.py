@@ -36,7 +36,7 @@ def sources() -> list:
 
 def model_dir(name: str | None, convs: list, tmp: Path) -> str:
     if name is None:
-        from harness.train.sft import build_tiny_llama, conversation_texts
+        from harness.train.tiny import build_tiny_llama, conversation_texts
         return str(build_tiny_llama(tmp / "tiny", conversation_texts(convs)))
     from harness.adapters import resolve_target
     from harness.core.models import ModelSpec

@@ -58,8 +58,8 @@ def test_two_process_gloo_training(tmp_path):
     if torchrun is None:
         pytest.skip("torchrun not installed")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from harness.train.sft import build_tiny_llama, conversation_texts
     from harness.train.study import load_sources, load_study
+    from harness.train.tiny import build_tiny_llama, conversation_texts
 
     study_file = _study(tmp_path, tmp_path / "base")
     texts = conversation_texts([c for v in load_sources(load_study(str(study_file))).values() for c in v])

@@ -14,21 +14,11 @@ pytest.importorskip("transformers")
 from harness.core.errors import UsageError  # noqa: E402
 from harness.core.records import Message  # noqa: E402
 from harness.train import strategies as S  # noqa: E402
+from harness.train.config import TrainConfig  # noqa: E402
 from harness.train.data import Conversation, SourceSpec, load_source, subsample  # noqa: E402
-from harness.train.sft import (  # noqa: E402
-    CHATML,
-    IGNORE,
-    BaseModel,
-    Collator,
-    TrainConfig,
-    build_tiny_llama,
-    conversation_texts,
-    encode,
-    fit,
-    load_model,
-    pack,
-    train_stages,
-)
+from harness.train.sft import IGNORE, BaseModel, Collator, encode, fit, load_model, pack, train_stages  # noqa: E402
+from harness.train.templates import CHATML  # noqa: E402
+from harness.train.tiny import build_tiny_llama, conversation_texts  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 EXAMPLES = Path(__file__).parent.parent / "train" / "examples"
@@ -162,7 +152,7 @@ def _generates(path: Path) -> None:
 def test_lora_stage_is_merged_into_a_plain_checkpoint(tiny, sources, tmp_path):
     from dataclasses import replace
 
-    from harness.train.sft import LoraOptions
+    from harness.train.config import LoraOptions
     cfg = replace(FAST, lora=LoraOptions(r=4, alpha=8, dropout=0.0))
     (res,) = train_stages(S.build("single", sources, source="code"), cfg, _base(tiny), tmp_path, {})
     assert (res.path / "model.safetensors").exists() and not (res.path / "adapter_config.json").exists()
@@ -207,7 +197,7 @@ def vicuna_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from harness.train.sft import VICUNA
+    from harness.train.templates import VICUNA
 
     tok = Tokenizer(models.WordLevel({"[UNK]": 0, "<s>": 1, "</s>": 2}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

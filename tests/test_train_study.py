@@ -12,7 +12,8 @@ import pytest
 
 from harness.cli import main
 from harness.core.errors import UsageError
-from harness.train.study import load_sources, make_plan, parse_study
+from harness.train.study import load_sources, make_plan
+from harness.train.study_file import parse_study
 
 EXAMPLES = Path(__file__).parent.parent / "train" / "examples"
 
@@ -193,7 +194,7 @@ def test_plan_shares_stages_between_strategies():
 def tiny(tmp_path_factory):
     pytest.importorskip("torch")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from harness.train.sft import build_tiny_llama, conversation_texts
+    from harness.train.tiny import build_tiny_llama, conversation_texts
     study = parse_study(_tiny_study(), EXAMPLES)
     texts = conversation_texts([c for v in load_sources(study).values() for c in v])
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", texts)
@@ -277,3 +278,12 @@ def test_dry_run_notes_a_k_that_rounds_to_zero(tmp_path, capsys):
     assert "[general+math@0.00390625+code@0.00390625: 26 ex" in out  # 24 general + 1 + 1, never 24 + 0 + 0
     assert "note: dmt-k0.00390625: dmt k=0.00390625: math: 24 x 0.00390625 = 0.0938 examples rounds to 0; " \
            "replaying 1" in out
+
+
+def test_two_grid_points_with_one_label_are_refused():
+    """k values that print alike ({k:g}: 0.1234561 and 0.1234564 are both 0.123456) would share checkpoints' index."""
+    data = _tiny_study()
+    data["grid"].update(strategies=["dmt"], k=[0.1234561, 0.1234564])
+    study = parse_study(data, EXAMPLES)
+    with pytest.raises(UsageError, match=r"^two grid points are labelled 'dmt-k0.123456'"):
+        make_plan(study, load_sources(study))

@@ -8,6 +8,9 @@ chat template (or a named one, ``vicuna`` for base models) and the labels are
 masked by us (TRL's ``assistant_only_loss`` needs ``{% generation %}``
 markers that most templates, SmolLM2's included, lack).
 
+Hyperparameters live in ``harness.train.config``, chat templates in
+``harness.train.templates``, the tiny test model in ``harness.train.tiny``.
+
 Every stage writes a plain HF checkpoint (LoRA merged), loadable by every
 adapter, plus ``manifest.json``; a checkpoint directory is named by the hash
 of (base fingerprint, hyperparameters, chat template, data hashes of every
@@ -23,72 +26,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import UsageError
 from harness.core.records import Message, sha256_json
+from harness.train.config import OWN_ARGUMENTS, TrainConfig
 from harness.train.data import Conversation
 from harness.train.strategies import Stage
+from harness.train.templates import template_text
 
 log = logging.getLogger("harness")
 
 IGNORE = -100
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-# FastChat's vicuna_v1.1 conversation (the paper's template for LLaMA), byte for byte: separator
-# style ADD_COLON_TWO with sep " " and sep2 "</s>", i.e. system + " ", then "USER: text " and
-# "ASSISTANT: text</s>" with nothing between "</s>" and the next "USER:". BOS is rendered because
-# we tokenize without special tokens; FastChat's tokenizer adds it instead.
-VICUNA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
-          "{% else %}{{ 'A chat between a curious user and an artificial intelligence assistant. The assistant "
-          "gives helpful, detailed, and polite answers to the user\\'s questions.' }}{% endif %}{{ ' ' }}"
-          "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'USER: ' + m['content'] + ' ' }}"
-          "{% elif m['role'] == 'assistant' %}{{ 'ASSISTANT: ' + m['content'] + eos_token }}{% endif %}"
-          "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
-TEMPLATES = {"chatml": CHATML, "vicuna": VICUNA}
-
-
-@dataclass(frozen=True)
-class LoraOptions:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | tuple[str, ...] = "all-linear"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of every stage; defaults are the paper's."""
-
-    epochs: float = 3.0
-    lr: float = 2e-5
-    warmup_ratio: float = 0.03
-    scheduler: str = "cosine"
-    batch_size: int = 4  # per device
-    grad_accum: int = 1
-    max_length: int = 2048
-    packing: bool = False
-    lora: LoraOptions | None = None
-    dtype: str = "bf16"  # bf16 mixed precision, or fp32
-    max_steps: int = -1  # > 0 caps each stage (CPU smoke runs)
-    weight_decay: float = 0.0
-    seed: int = 1234
-    chat_template: str | None = None  # "vicuna", "chatml" or a file path; None = the checkpoint's own
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    trainer_args: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments (fsdp, deepspeed...)
-
-    def identity(self) -> dict[str, Any]:
-        """What determines the weights (logging does not)."""
-        d = asdict(self)
-        d.pop("logging_steps")
-        return d
 
 
 @dataclass(frozen=True)
@@ -106,17 +60,6 @@ class StageResult:
 
 
 # -- tokenisation and masking -------------------------------------------------------------------
-
-
-def template_text(name: str | None) -> str | None:
-    if name is None:
-        return None
-    if name in TEMPLATES:
-        return TEMPLATES[name]
-    p = Path(name).expanduser()
-    if not p.is_file():
-        raise UsageError(f"chat_template {name!r} is neither a named template ({', '.join(TEMPLATES)}) nor a file")
-    return p.read_text()
 
 
 def _render(tokenizer: Any, messages: Sequence[Message], generation_prompt: bool = False) -> str:
@@ -289,56 +232,6 @@ def load_model(path: str, cfg: TrainConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-# transformers' SchedulerType values (5.x); a name outside this list is looked up in transformers itself.
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-              "warmup_stable_decay")
-# The TrainingArguments we set, and the [train] key that sets each (None: fixed by the harness).
-OWN_ARGUMENTS = {"output_dir": None, "per_device_train_batch_size": "batch_size",
-                 "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs", "max_steps": "max_steps",
-                 "learning_rate": "lr", "lr_scheduler_type": "scheduler", "warmup_steps": "warmup_ratio",
-                 "weight_decay": "weight_decay", "bf16": "dtype", "logging_steps": "logging_steps",
-                 "save_strategy": None, "report_to": None, "seed": "seed", "data_seed": "seed", "disable_tqdm": None,
-                 "use_cpu": None, "gradient_checkpointing": "gradient_checkpointing",
-                 "remove_unused_columns": None, "include_num_input_tokens_seen": None}
-
-
-def check_scheduler(name: str) -> None:
-    """Refuse a scheduler name transformers does not know, before any model loads."""
-    if name in SCHEDULERS:
-        return
-    try:
-        from transformers.trainer_utils import SchedulerType
-        known = [t.value for t in SchedulerType]
-    except ImportError:
-        known = list(SCHEDULERS)
-    if name not in known:
-        raise UsageError(f"[train] scheduler: {name!r} is not a transformers scheduler; choose from: "
-                         f"{', '.join(known)}")
-
-
-def check_trainer_args(args: dict[str, Any]) -> None:
-    """``[train.trainer_args]`` keys must be TrainingArguments fields we do not set ourselves."""
-    for key in args:
-        if key in OWN_ARGUMENTS:
-            own = OWN_ARGUMENTS[key]
-            raise UsageError(f"[train.trainer_args] {key}: set by [train] itself ({own}); set it there" if own else
-                             f"[train.trainer_args] {key}: fixed by the harness; leave it out")
-    if not args:
-        return
-    try:
-        from dataclasses import fields as dc_fields
-
-        from transformers import TrainingArguments
-    except ImportError:
-        return  # training will say it needs the train extra
-    known = {f.name for f in dc_fields(TrainingArguments)}
-    for key in args:
-        if key not in known:
-            raise UsageError(f"[train.trainer_args] {key}: not a transformers TrainingArguments field; see "
-                             "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments")
-
-
 def training_arguments(cfg: TrainConfig, work_dir: Path) -> Any:
     import torch
     from transformers import TrainingArguments
@@ -454,50 +347,3 @@ def train_one(stage: Stage, cfg: TrainConfig, init: str, out: Path, meta: dict[s
     return manifest
 
 
-# -- a tiny random model for tests, examples and benchmarks -------------------------------------
-
-
-def build_tiny_llama(out: Path, texts: Sequence[str], vocab_size: int = 2048, hidden: int = 64,
-                     layers: int = 2, seed: int = 0) -> Path:
-    """A random LlamaForCausalLM with a byte-level BPE trained on ``texts`` and the ChatML template."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>")
-    tok.chat_template = CHATML
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
-
-
-def conversation_texts(convs: Sequence[Conversation]) -> list[str]:
-    return [m.content for c in convs for m in c.messages]
-
-
-if __name__ == "__main__":  # pragma: no cover - convenience: build the tiny model
-    import sys
-
-    from harness.train.data import SourceSpec, load_source
-
-    here = Path(__file__).parent / "examples"
-    convs = [c for name, p, f in (("math", "tiny_gsm8k.jsonl", "gsm8k"), ("code", "tiny_code_alpaca.json", "alpaca"),
-                                  ("general", "tiny_sharegpt.json", "sharegpt"))
-             for c in load_source(SourceSpec(name, str(here / p), f))[0]]
-    print(build_tiny_llama(Path(sys.argv[1] if len(sys.argv) > 1 else os.getcwd()), conversation_texts(convs)))
