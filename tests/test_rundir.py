@@ -184,3 +184,15 @@ def test_two_concurrent_runs_into_one_directory_one_wins_the_other_fails_in_one_
     lines = [ln for ln in loser.strip().splitlines() if " INFO " not in ln]
     assert len(lines) == 1 and "is in use by harness pid" in lines[0] and "Traceback" not in loser
     assert len((out / "same" / "gsm8k.generations.jsonl").read_text().splitlines()) == 2  # one writer
+
+
+def test_fresh_through_a_symlinked_run_id_deletes_nothing(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    target = user_folder(tmp_path / "home")
+    (target / "config.json").write_text('{"format": 1, "run_id": "looks-like-a-run"}')  # even one that looks ours
+    (out / "link").symlink_to(target, target_is_directory=True)
+    with StubServer() as stub:
+        assert main(gsm8k_run(stub.url, out, "--run-id", "link", "--fresh")) == 2
+    assert "is a symbolic link" in one_line_error(capsys)
+    assert (target / "thesis.tex").exists() and (target / "config.json").exists()

@@ -87,7 +87,10 @@ class RunDir:
 def open_run_dir(out: Path, run_id: str) -> RunDir:
     """Create (or reopen) ``out/run_id`` as a run directory and lock it for this process."""
     path = Path(out) / check_run_id(run_id)
-    if path.is_file() or path.is_symlink():
+    if path.is_symlink():  # never follow one: --fresh would clear whatever it points at
+        raise UsageError(f"run directory {str(path)!r} is a symbolic link, not a directory the harness made; "
+                         "pick another --run-id or --out")
+    if path.exists() and not path.is_dir():
         raise UsageError(f"run directory {str(path)!r} exists and is not a directory; pick another --run-id or --out")
     if path.is_dir() and any(p.name != LOCK for p in path.iterdir()) and not is_run_dir(path):
         raise UsageError(f"{str(path)!r} already exists and is not a harness run directory; "
