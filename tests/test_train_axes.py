@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from harness.readout.plots import composition_params, run_axes, series_key
+from harness.readout.compare import run_axes
+from harness.readout.plots import composition_params, series_key
 
 
 def _run(label: str, **meta) -> SimpleNamespace:
@@ -40,3 +41,14 @@ def test_runs_without_declared_axes_keep_the_old_fields():
     old = _run("old", strategy="dmt", source=None, k=0.5, fraction=1.0, stage=1)
     assert run_axes(old, "x") == ("k", "fraction") and run_axes(old, "series") == ("strategy", "source", "stage")
     assert composition_params(SimpleNamespace(runs=[old])) == ["k", "fraction"]
+
+
+def test_report_columns_include_any_declared_axis():
+    from harness.readout.model import metadata_columns
+
+    custom = _run("custom-general_first", strategy="custom", custom="general_first", k=None, fraction=1.0, stage=2,
+                  axes={"x": [], "series": ["strategy", "custom", "stage"]})
+    dmt = _run("dmt-k1", strategy="dmt", k=1.0, fraction=1.0, stage=2, axes={"x": ["k"], "series": ["strategy"]})
+    assert metadata_columns(SimpleNamespace(runs=[custom, dmt])) == ["strategy", "k", "fraction", "stage", "custom"]
+    old = _run("old", strategy="dmt", k=0.5)
+    assert metadata_columns(SimpleNamespace(runs=[old])) == ["strategy", "k"]

@@ -45,6 +45,18 @@ from harness.core.stats import (
 )
 
 METADATA_KEYS = ("strategy", "source", "k", "fraction", "stage")
+# A run written by `harness study` names its own axes: metadata["axes"] = {"x": [numbers along
+# a plot's x axis, e.g. "k"], "series": [fields that split lines, e.g. "strategy", "stage"]}.
+# Runs from before that get the fields the study always wrote.
+LEGACY_AXES = {"x": ("k", "fraction"), "series": ("strategy", "source", "stage")}
+
+
+def run_axes(run: Any, kind: str) -> tuple[str, ...]:
+    """The metadata fields a run declares as ``kind`` ("x" or "series") axes."""
+    axes = run.metadata.get("axes")
+    if isinstance(axes, dict) and isinstance(axes.get(kind), list | tuple):
+        return tuple(str(a) for a in axes[kind])
+    return LEGACY_AXES[kind]
 
 
 @dataclass(frozen=True)

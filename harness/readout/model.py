@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.core.records import MetricSpec
-from harness.readout.compare import METADATA_KEYS, Run, TaskRun, check_comparable, compare, estimate
+from harness.readout.compare import METADATA_KEYS, Run, TaskRun, check_comparable, compare, estimate, run_axes
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,10 @@ def task_names(report: Report) -> list[str]:
 
 
 def metadata_columns(report: Report) -> list[str]:
-    """The metadata keys (strategy, k, ...) that at least one run carries."""
-    return [k for k in METADATA_KEYS if any(r.metadata.get(k) is not None for r in report.runs)]
+    """The metadata keys (strategy, k, ..., then any other axis a run declares) that at least one run carries."""
+    declared = [k for r in report.runs for kind in ("series", "x") for k in run_axes(r, kind)]
+    keys = dict.fromkeys([*METADATA_KEYS, *declared])
+    return [k for k in keys if any(r.metadata.get(k) is not None for r in report.runs)]
 
 
 def find_row(report: Report, run: Run, task: str, metric: str) -> MetricRow | None:

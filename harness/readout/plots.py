@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from harness.readout.compare import run_axes
 from harness.readout.model import MetricRow, Report, find_row, metric_columns, primary_metric, task_names
 
 log = logging.getLogger("harness")
@@ -100,19 +101,6 @@ def _tick(v: float) -> str:
     return f"{v:.3g}"
 
 
-COMPOSITION_PARAMS = ("k", "fraction")
-# A run written by `harness study` names its own plot axes: metadata["axes"] = {"x": [numbers
-# along x, e.g. "k"], "series": [fields that split lines, e.g. "strategy", "stage"]}. Runs from
-# before that get the fields the study always wrote.
-LEGACY_AXES = {"x": COMPOSITION_PARAMS, "series": ("strategy", "source", "stage")}
-
-
-def run_axes(run: Any, kind: str) -> tuple[str, ...]:
-    """The metadata fields a run declares as ``kind`` ("x" or "series") axes."""
-    axes = run.metadata.get("axes")
-    if isinstance(axes, dict) and isinstance(axes.get(kind), list | tuple):
-        return tuple(str(a) for a in axes[kind])
-    return LEGACY_AXES[kind]
 
 
 def composition_params(report: Report) -> list[str]:
