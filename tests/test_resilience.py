@@ -115,3 +115,15 @@ def test_no_secret_in_any_file_a_run_writes(tmp_path: Path) -> None:
         assert SECRET.encode() not in blob, path
         assert HF_SECRET.encode() not in blob, path
     assert SECRET not in stdout + stderr and HF_SECRET not in stdout + stderr
+
+
+def test_a_finished_run_rerun_makes_no_model_or_judge_call(tmp_path: Path) -> None:
+    pytest.importorskip("openai")
+    with StubServer(behaviour) as stub:
+        finish(start(stub, tmp_path, "again"))
+        summary = (tmp_path / "runs" / "again" / "summary.json").read_bytes()
+        assert stub.count() > 0
+        stub.reset()
+        finish(start(stub, tmp_path, "again"))
+        assert stub.count() == 0, "a journaled generation or judgment was requested again"
+    assert (tmp_path / "runs" / "again" / "summary.json").read_bytes() == summary
