@@ -289,6 +289,7 @@ EXECUTION_ARGS = frozenset({"target", "tensor_parallel_size", "data_parallel_siz
                             "batch_size", "concurrency", "gpu_memory_utilization", "distributed_executor_backend",
                             "base_url", "timeout", "max_retries", "backoff", "max_backoff", "api_key_env",
                             "check_model", "chunk_size",
+                            "max_stop",  # openai: stop strings past it are cut locally, same text
                             # vLLM: resources and placement, not what a request generates
                             "kv_cache_memory_bytes", "swap_space", "cpu_offload_gb", "max_num_seqs",
                             "max_num_batched_tokens", "data_parallel_backend", "data_parallel_address",
