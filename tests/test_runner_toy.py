@@ -190,8 +190,18 @@ def test_failed_completions_are_retried_not_reused(toy: None, tmp_path: Path) ->
     failing = Engines(model=Echo(fail=True))
     runner.run_with_summary(config(tmp_path, run_id="r"), failing)
     healthy = Engines()
-    _, summary = runner.run_with_summary(config(tmp_path, run_id="r"), healthy)
+    run_dir, summary = runner.run_with_summary(config(tmp_path, run_id="r"), healthy)
     assert len(healthy.model.sent) == 4 and summary["tasks"]["toy"]["errors"] == 0
+    assert not list(run_dir.glob("summary.replaced-*"))  # a resumed run finishing its own work replaces quietly
+
+
+def test_a_rerun_under_a_new_task_version_keeps_the_old_summary(toy: None, tmp_path: Path, monkeypatch) -> None:
+    run_dir, _ = runner.run_with_summary(config(tmp_path, run_id="r"), Engines())
+    before = summary_bytes(run_dir)
+    monkeypatch.setattr(ToyTask, "version", "2")
+    runner.run_with_summary(config(tmp_path, run_id="r"), Engines())
+    (kept,) = run_dir.glob("summary.replaced-*.json")
+    assert kept.read_bytes() == before
 
 
 # -- `harness score RUN_DIR` ----------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def _execute(cfg: RunConfig, plan: Plan, run_dir: Path, t0: float) -> dict[str, 
                     judge_task(t, plan.examples[t.name], generated[t.name], plan.judge, run_dir)
         finally:
             plan.judge.close()
-    summary = score_run(run_dir, plan.tasks, plan.examples, config, replace=True)
+    summary = score_run(run_dir, plan.tasks, plan.examples, config, replace=True, keep_old="on_new_version")
     config["finished_at"] = _now()
     config["wall_seconds"] = round(time.monotonic() - t0, 3)
     write_json_atomic(run_dir / "config.json", config)

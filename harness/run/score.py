@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness import RUN_FORMAT, __version__
 from harness.core.errors import UsageError
@@ -98,8 +98,14 @@ def collect_judgments(task: Task, examples: Sequence[Example], completions: Mapp
 
 
 def score_run(run_dir: Path, tasks: Sequence[Task], examples: Mapping[str, list[Example]], config: dict[str, Any],
-              *, replace: bool) -> dict[str, Any]:
-    """Score every task from the run's files; write samples, summary.json and report.md; return the summary."""
+              *, replace: bool, keep_old: Literal["always", "on_new_version"] = "always") -> dict[str, Any]:
+    """Score every task from the run's files; write samples, summary.json and report.md; return the summary.
+
+    ``replace``: write a summary that differs from the recorded one (else a
+    UsageError saying what changed). ``keep_old``: when replacing, keep the old
+    one beside it always (``harness score --replace``), or only when a task's
+    version changed (``harness run`` resuming its own unfinished work).
+    """
     identity = config["identity"]
     judge_spec = judge_spec_of(config)
     summary: dict[str, Any] = {"run_id": run_dir.name, "harness_version": __version__, "format": RUN_FORMAT,
@@ -121,7 +127,7 @@ def score_run(run_dir: Path, tasks: Sequence[Task], examples: Mapping[str, list[
         summary["tasks"][task.name] = _task_summary(task, exs, results, config)
         errors = summary["tasks"][task.name]["errors"]
         log.info("score: %s %d items, %d errors (%.1f s)", task.name, len(results), errors, time.monotonic() - t0)
-    _write(run_dir, summary, rows, replace)
+    _write(run_dir, summary, rows, replace, keep_old)
     return summary
 
 
@@ -135,7 +141,8 @@ def _task_summary(task: Task, examples: Sequence[Example], results: Sequence[Res
     return entry
 
 
-def _write(run_dir: Path, summary: dict[str, Any], rows: Mapping[str, list[dict[str, Any]]], replace: bool) -> None:
+def _write(run_dir: Path, summary: dict[str, Any], rows: Mapping[str, list[dict[str, Any]]], replace: bool,
+           keep_old: str) -> None:
     path = run_dir / "summary.json"
     tmp = run_dir / "summary.json.new"
     write_json_atomic(tmp, summary)
@@ -144,9 +151,10 @@ def _write(run_dir: Path, summary: dict[str, Any], rows: Mapping[str, list[dict[
             tmp.unlink()
             raise UsageError(f"re-scoring {run_dir} changes summary.json ({_changes(path, summary)}); nothing was "
                              "written: pass --replace to write it (the old one is kept as summary.replaced-*.json)")
-        kept = run_dir / f"summary.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-        path.replace(kept)
-        log.info("score: the previous summary is kept as %s", kept.name)
+        if keep_old == "always" or "version" in _changes(path, summary):
+            kept = run_dir / f"summary.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+            path.replace(kept)
+            log.info("score: the previous summary is kept as %s", kept.name)
     for name, task_rows in rows.items():
         write_jsonl_atomic(run_dir / f"{name}.samples.jsonl", task_rows)
     tmp.replace(path)
