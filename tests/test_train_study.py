@@ -107,6 +107,7 @@ def test_study_fields_are_type_checked(tmp_path, edit, message):
      r"^\[grid.custom\] a: 'math@0': the fraction after @ must be a number in \(0, 1\]"),
     (_set("grid", strategies=["custom"], custom={"a": [["math@half"]]}),
      r"^\[grid.custom\] a: 'math@half': the fraction after @ must be a number in \(0, 1\]"),
+    (_set("sources.math", fraction=0.5), r"^\[sources.math\]: give fraction or count, not both"),
     (_set("report", formats=["pdf"]), r"^\[report\] formats: expected a non-empty list, each one of 'md', 'csv', "
                                       r"'html', 'json', got \['pdf'\]"),
     (_set("train", scheduler="cosinee"), r"^\[train\] scheduler: 'cosinee' is not a transformers scheduler; "

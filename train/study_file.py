@@ -105,6 +105,9 @@ def _parse_source(name: str, t: Any, base_dir: Path, seed: int) -> SourceSpec:
     t = S.check_table(t, SOURCE, where)
     if "path" not in t or "format" not in t:
         raise UsageError(f"{where}: needs path and format (one of {', '.join(FORMATS)})")
+    if "fraction" in t and "count" in t:
+        raise UsageError(f"{where}: give fraction or count, not both (got fraction = {t['fraction']!r}, "
+                         f"count = {t['count']!r})")
     path = t["path"]
     local = Path(path).expanduser() if Path(path).expanduser().is_absolute() else base_dir / path
     if local.exists():
