@@ -25,6 +25,7 @@ import uuid
 if os.environ.get("ATTACK_SITE"):  # run by another interpreter (the one `nobody` may execute): the venv's packages
     site.addsitedir(os.environ["ATTACK_SITE"])
 
+from harness.core.errors import UsageError  # noqa: E402
 from harness.sandbox import Limits, Program, Sandbox  # noqa: E402
 from harness.tasks.humaneval import imported_modules, load_problems  # noqa: E402
 
@@ -258,7 +259,17 @@ LEFTOVERS = {  # item 7: files outside the working directory must not survive
         def f():
             return 1
     """,
+    "mkfifo in /var/tmp (no audit event)": """
+        import os
+        try:
+            os.mkfifo('/var/tmp/{tag}-fifo')
+        except OSError:
+            pass
+        def f():
+            return 1
+    """,
 }
+PLANTED = ("/dev/shm/{tag}", "/var/tmp/{tag}", "/var/tmp/{tag}-fifo")
 
 
 def programs(port: int, pid: int, victim: int, tag: str) -> dict[str, Program]:
@@ -287,7 +298,12 @@ def main(isolation: str, audit: str) -> None:
     tag = "sbx-" + uuid.uuid4().hex[:12]
     try:
         progs = programs(listener.getsockname()[1], os.getpid(), victim.pid, tag)
-        with Sandbox(Limits(timeout=4, cpu_seconds=4), isolation=isolation, workers=2, audit=audit == "on") as box:
+        try:
+            box = Sandbox(Limits(timeout=4, cpu_seconds=4), isolation=isolation, workers=2, audit=audit == "on")
+        except UsageError as exc:  # bubblewrap cannot run as this user here (user namespaces disabled)
+            print(json.dumps({"skip": str(exc)}))
+            return
+        with box:
             verdicts = box.run_many(list(progs.values()))
             level = box.isolation
         time.sleep(0.3)
@@ -298,7 +314,7 @@ def main(isolation: str, audit: str) -> None:
                 connections += 1
             except BlockingIOError:
                 break
-        survived = [p for p in (f"/dev/shm/{tag}", f"/var/tmp/{tag}") if os.path.exists(p)]
+        survived = [p.format(tag=tag) for p in PLANTED if os.path.lexists(p.format(tag=tag))]
         print(json.dumps({"isolation": level, "uid": os.getuid(), "connections": connections,
                           "victim_alive": victim.poll() is None, "survived": survived,
                           "verdicts": {n: v.text for n, v in zip(progs, verdicts, strict=True)},
@@ -306,9 +322,9 @@ def main(isolation: str, audit: str) -> None:
     finally:
         victim.kill()
         listener.close()
-        for p in (f"/dev/shm/{tag}", f"/var/tmp/{tag}"):
-            if os.path.exists(p):
-                os.unlink(p)
+        for p in PLANTED:
+            if os.path.lexists(p.format(tag=tag)):
+                os.unlink(p.format(tag=tag))
 
 
 if __name__ == "__main__":
