@@ -137,8 +137,7 @@ def test_build_refuses_a_parameter_the_strategy_does_not_take(sources):
 
 def test_a_new_strategy_is_one_decorated_function(sources):
     @S.strategy("general_only_twice", S.Param("general", "general"))
-    def twice(srcs, general="general"):
-        """The general source, two stages."""
+    def twice(srcs, general="general"):  # no docstring: registration must not need one
         return [S.make_stage(general, srcs[general])] * 2
 
     try:

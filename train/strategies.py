@@ -112,7 +112,7 @@ def strategy(name: str, *params: Param, seeded: bool = False) -> Callable[[Calla
         raise ValueError(f"strategy {name!r}: at most one swept parameter")
 
     def register(fn: Callable[..., list[Stage]]) -> Callable[..., list[Stage]]:
-        REGISTRY[name] = Strategy(name, params, fn, seeded, (fn.__doc__ or "").strip().splitlines()[0])
+        REGISTRY[name] = Strategy(name, params, fn, seeded, next(iter((fn.__doc__ or "").strip().splitlines()), ""))
         return fn
 
     return register
@@ -271,5 +271,3 @@ def custom(sources: Sources, stages: Sequence[Sequence[str]] = (), seed: int = 1
         out.append(make_stage("+".join(spec), examples))
     return out
 
-
-STRATEGIES = tuple(REGISTRY)
