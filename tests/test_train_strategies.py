@@ -161,3 +161,10 @@ def test_each_strategy_declares_which_grid_values_name_sources():
     assert S.named_sources("single", grid) == {"math"}
     assert S.named_sources("custom", grid) == {"math", "code", "poetry"}
     assert S.named_sources("multi_task", grid) == set()
+
+
+def test_custom_fractions_may_be_written_as_fraction_strings(sources):
+    (st,) = S.build("custom", sources, stages=[["code@1/4", "math@0.5"]])
+    assert st.counts() == {"code": 5, "math": 20}
+    with pytest.raises(UsageError, match="expected 'source' or 'source@fraction'"):
+        S.build("custom", sources, stages=[["code@lots"]])

@@ -35,6 +35,7 @@ from typing import Any
 
 from harness.core.errors import UsageError
 from harness.train.data import Conversation, proportion, proportion_note, subsample
+from harness.train.schema import ratio
 
 PAPER_ORDER = ("code", "math", "general")
 
@@ -263,10 +264,9 @@ def custom(sources: Sources, stages: Sequence[Sequence[str]] = (), seed: int = 1
         for item in spec:
             name, _, frac = item.partition("@")
             _need(sources, [name], "custom")
-            try:
-                fraction = float(frac) if frac else 1.0
-            except ValueError:
-                raise UsageError(f"custom stage item {item!r}: expected 'source' or 'source@fraction'") from None
+            fraction = ratio(frac) if frac else 1.0
+            if fraction is None:
+                raise UsageError(f"custom stage item {item!r}: expected 'source' or 'source@fraction' (0.5 or 1/2)")
             examples.extend(subsample(sources[name], fraction=fraction, seed=seed))
         out.append(make_stage("+".join(spec), examples))
     return out
