@@ -201,6 +201,27 @@ AUDIT_GAPS = {  # item 5
                 return '/proc/{pid}/environ' if P.calls == 1 else '/nonexistent'
         print(open(P(), 'rb').read())
     """,
+    "import by a str subclass with its own hash": """
+        class S(str):
+            def __hash__(self):
+                return 7
+            def __eq__(self, other):
+                return False
+        ctypes = __import__(S('ctypes'))
+        def f():
+            return 1
+    """,
+    "the hook's tables patched through sys.modules": """
+        import sys
+        g = sys.modules.get('guard')
+        if g is not None:
+            g.WRITE_EVENTS.clear()
+            g.DENY_EVENTS = frozenset()
+            g.PROC_TOP = frozenset(['{pid}/environ'])
+        open('/proc/{pid}/environ', 'rb')
+        def f():
+            return 1
+    """,
     "os.open with dir_fd on /proc": """
         import os
         d = os.open('/proc', os.O_RDONLY)

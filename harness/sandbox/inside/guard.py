@@ -121,7 +121,7 @@ def make_hook(report_fd, workdir, read_roots, hidden, own_pid, streams=()):
     # but not the cells of a function it has no reference to.
     write, exit_, lstat, stat, readlink, getcwd = os.write, os._exit, posix.lstat, posix.stat, posix.readlink, posix.getcwd
     _len, _type, _str, _bytes, _int = len, type, str, bytes, int
-    deny_events, deny_imports, write_events = DENY_EVENTS, DENY_IMPORTS, WRITE_EVENTS
+    deny_events, deny_imports, write_events = DENY_EVENTS, DENY_IMPORTS, dict(WRITE_EVENTS)  # a private copy
     proc_own, proc_top, write_flags, o_directory = PROC_OWN, PROC_TOP, WRITE_FLAGS, os.O_DIRECTORY
     roots = tuple(r.rstrip("/") for r in read_roots) + (workdir,)
     hidden = tuple(h.rstrip("/") for h in hidden)
@@ -149,7 +149,7 @@ def make_hook(report_fd, workdir, read_roots, hidden, own_pid, streams=()):
             return _bytes.decode(path, "utf-8", "surrogateescape")
         if t is _int or path is None:
             return None  # an fd: it was opened, and checked, before
-        violation("open of a " + t.__name__ + " path (only str and bytes paths are allowed)")
+        violation("open of a path object (only str and bytes paths are allowed)")  # its methods are the program's
 
     def real(path):
         """Absolute path with every symlink resolved (posixpath.realpath, from captured primitives)."""
@@ -225,8 +225,10 @@ def make_hook(report_fd, workdir, read_roots, hidden, own_pid, streams=()):
     def hook(event, args):
         if event in deny_events:
             violation(event)
-        elif event == "import" and args and args[0] in deny_imports:
-            violation("import " + args[0])
+        elif event == "import" and args:
+            name = args[0] if _type(args[0]) is _str else _str.__str__(args[0])  # a str subclass's own hash
+            if name in deny_imports:
+                violation("import " + name)
         elif event == "open" and args:
             check_open(args[0], args[2] if _len(args) > 2 else 0)
         elif event in write_events:
