@@ -33,7 +33,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--chat-template", default=None, help="Jinja chat template file, for checkpoints that lack one")
     m.add_argument("--concurrency", type=int, default=16, help="in-flight requests for openai: models")
     r = p.add_argument_group("run")
-    r.add_argument("--suite", default="all", help="comma-separated: all, or task names (see `harness tasks`)")
+    r.add_argument("--suite", default="all",
+                   help="comma-separated: all, a group (probes), or task names (see `harness tasks`)")
     r.add_argument("--out", default="runs", help="parent directory of run directories (default: runs/)")
     r.add_argument("--run-id", default=None, help="run directory name (default: derived from the configuration, "
                    "so rerunning the same command resumes)")

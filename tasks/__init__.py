@@ -34,7 +34,14 @@ REGISTRY: dict[str, Any] = {
     "gsm8k": "harness.tasks.gsm8k:GSM8K",
     "humaneval": "harness.tasks.humaneval:HumanEval",
     "mt_bench": "harness.tasks.mt_bench:MTBench",
+    "probe_math": "harness.tasks.probes:ProbeMath",
+    "probe_code": "harness.tasks.probes:ProbeCode",
+    "probe_general": "harness.tasks.probes:ProbeGeneral",
 }
+
+# --suite names for several tasks at once. ``all`` is every registered task except those that
+# declare ``in_suite_all = False`` (probe_general needs a file); name those explicitly.
+GROUPS: dict[str, tuple[str, ...]] = {"probes": ("probe_math", "probe_code")}
 
 # Run-level flags, so a task option can never shadow one (checked in ``check_flags``).
 RUN_FLAGS = frozenset({"--model", "--model-args", "--base-url", "--chat-template", "--concurrency", "--suite",
@@ -95,18 +102,21 @@ def check_flags() -> None:
 
 def resolve_suites(text: str) -> tuple[str, ...]:
     known = names()
+    choices = ", ".join(["all", *GROUPS, *known])
     out: list[str] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         if part == "all":
-            out.extend(known)
+            out.extend(n for n in known if getattr(task_class(n), "in_suite_all", True))
+        elif part in GROUPS:
+            out.extend(GROUPS[part])
         elif part in known:
             out.append(part)
         else:
-            raise UsageError(f"unknown suite {part!r}; choose from: all, {', '.join(known)}")
+            raise UsageError(f"unknown suite {part!r}; choose from: {choices}")
     if not out:
-        raise UsageError(f"--suite {text!r} names no task; choose from: all, {', '.join(known)}")
+        raise UsageError(f"--suite {text!r} names no task; choose from: {choices}")
     return tuple(dict.fromkeys(out))
 
 
@@ -136,7 +146,7 @@ def describe_tasks() -> str:
     for name in names():
         cls = task_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        lines.append(f"{name:10s} v{cls.version}  {doc}")
+        lines.append(f"{name:14s} v{cls.version}  {doc}")
     return "\n".join(lines)
 
 

@@ -167,6 +167,24 @@ JUDGMENT = GENERATION  # a judge is just another generator; its records have the
 # ``run_pass(lambda: adapter.loglikelihood, requests, journal, identity, LOGLIKELIHOOD, ...)``
 LOGLIKELIHOOD = PassSpec(field="loglikelihood", decode=LoglikelihoodResult.from_dict, missing=_no_score)
 
+# The pass behind each request kind a task may declare (``request_kind``; tasks that declare none
+# generate): the journal's file suffix (``<task>.<suffix>.jsonl``) and the record spec.
+PASSES: dict[str, tuple[str, PassSpec]] = {"generate": ("generations", GENERATION),
+                                           "loglikelihood": ("loglikelihood", LOGLIKELIHOOD)}
+
+
+def request_kind(task: Task) -> str:
+    kind = getattr(task, "request_kind", "generate")
+    if kind not in PASSES:
+        raise ValueError(f"task {task.name} declares request_kind {kind!r}; known: {', '.join(PASSES)}")
+    return kind
+
+
+def task_journal(task: Task, run_dir: Path) -> tuple[Path, PassSpec]:
+    """Where a task's model pass is journaled, and how its records read."""
+    suffix, spec = PASSES[request_kind(task)]
+    return run_dir / f"{task.name}.{suffix}.jsonl", spec
+
 
 class LazyAdapter:
     """An adapter known by its output identity, built only when a pass has work for it."""
@@ -192,6 +210,13 @@ class LazyAdapter:
     def generate_call(self) -> Call:
         return self.get().generate
 
+    def loglikelihood_call(self) -> Call:
+        return self.get().loglikelihood
+
+    def call_for(self, kind: str) -> Callable[[], Call]:
+        """The engine entry point of a request kind (``PASSES``), as a factory for ``run_pass``."""
+        return self.loglikelihood_call if kind == "loglikelihood" else self.generate_call
+
     def describe(self) -> dict[str, Any]:
         return self._adapter.describe() if self._adapter is not None else self.identity
 
@@ -205,20 +230,23 @@ class LazyAdapter:
 
 def generate_task(task: Task, examples: Sequence[Example], model: LazyAdapter,
                   run_dir: Path) -> dict[str, list[Completion]]:
-    """Every generation turn of a task through the journaled pass; the model loads only if work is missing."""
+    """Every turn of a task's model pass (generation, or scoring for a task whose ``request_kind`` is
+    "loglikelihood") through the journaled pass; the model loads only if work is missing."""
     t0 = time.monotonic()
-    completions: dict[str, list[Completion]] = {ex.id: [] for ex in examples}
+    kind = request_kind(task)
+    path, spec = task_journal(task, run_dir)
+    completions: dict[str, list[Any]] = {ex.id: [] for ex in examples}
     sent = 0
-    with Journal(run_dir / f"{task.name}.generations.jsonl") as journal:
+    with Journal(path) as journal:
         for turn in range(task.turns):
             reqs = task.requests(examples, turn, completions)
-            sent += pending(journal, reqs, model.identity, GENERATION)
+            sent += pending(journal, reqs, model.identity, spec)
             desc = f"{task.name} turn {turn + 1}" if task.turns > 1 else task.name
-            done = run_pass(model.generate_call, reqs, journal, model.identity, GENERATION, desc, model.label)
+            done = run_pass(model.call_for(kind), reqs, journal, model.identity, spec, desc, model.label)
             for req, comp in zip(reqs, done, strict=True):
                 completions[req.id.split("#t", 1)[0]].append(comp)
     n = sum(len(c) for c in completions.values())
-    log.info("generate: %s %d requests, %d sent (%.1f s)", task.name, n, sent, time.monotonic() - t0)
+    log.info("%s: %s %d requests, %d sent (%.1f s)", kind, task.name, n, sent, time.monotonic() - t0)
     return completions
 
 
@@ -227,6 +255,8 @@ def judge_task(task: Task, examples: Sequence[Example], completions: Mapping[str
     """The task's judge requests (a pure function of its completions) through the journaled pass."""
     t0 = time.monotonic()
     reqs = task.judge_requests(examples, completions)
+    if not reqs:  # judged by likelihood only (judge_ratings_task), or nothing was generated
+        return {}
     final = task.judgment_final
     with Journal(run_dir / f"{task.name}.judgments.jsonl") as journal:
         todo = pending(journal, reqs, judge.identity, JUDGMENT, final)
@@ -236,3 +266,21 @@ def judge_task(task: Task, examples: Sequence[Example], completions: Mapping[str
                         f"judge {judge.label}", final)
     log.info("judge: %s %d judgments (%.1f s)", task.name, len(reqs), time.monotonic() - t0)
     return {r.id: c for r, c in zip(reqs, done, strict=True)}
+
+
+def judge_ratings_task(task: Task, examples: Sequence[Example], completions: Mapping[str, Sequence[Completion]],
+                       judge: LazyAdapter, run_dir: Path) -> dict[str, LoglikelihoodResult]:
+    """Likelihood judging: the task's rating continuations (``judge_rating_requests``, a pure function
+    of its completions) scored by the judge through the journaled log-likelihood pass."""
+    reqs = task.judge_rating_requests(examples, completions)
+    if not reqs:  # judged by text only
+        return {}
+    t0 = time.monotonic()
+    with Journal(run_dir / f"{task.name}.judge_ratings.jsonl") as journal:
+        todo = pending(journal, reqs, judge.identity, LOGLIKELIHOOD)
+        log.info("judge: %s | %d rating continuations, %d already journaled, %d to score", judge.label, len(reqs),
+                 len(reqs) - todo, todo)
+        done = run_pass(lambda: judge.get().loglikelihood, reqs, journal, judge.identity, LOGLIKELIHOOD,
+                        f"{task.name} judge ratings", f"judge {judge.label}")
+    log.info("judge: %s %d rating continuations scored (%.1f s)", task.name, len(reqs), time.monotonic() - t0)
+    return {r.id: res for r, res in zip(reqs, done, strict=True)}

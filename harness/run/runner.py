@@ -4,7 +4,9 @@ Each stage reads only what the previous one wrote under the run directory:
 
     runs/<run-id>/config.json                 resolved config, output identities, versions
     runs/<run-id>/<task>.generations.jsonl    journal: one checksummed record per request
+    runs/<run-id>/<task>.loglikelihood.jsonl  the same, for a task whose requests are log-likelihood requests
     runs/<run-id>/<task>.judgments.jsonl      judge journal (tasks that need a judge)
+    runs/<run-id>/<task>.judge_ratings.jsonl  likelihood judging: the judge's scores of each rating
     runs/<run-id>/<task>.<stage>.jsonl        task journals (execution verdicts)
     runs/<run-id>/<task>.samples.jsonl        one row per item: prompt, completions, scores, error
     runs/<run-id>/summary.json                aggregated metrics per task
@@ -191,6 +193,9 @@ def _plan(cfg: RunConfig, connect: Connect) -> Plan:
     model = connect(cfg.model, "model", chat_template=chat_template, concurrency=cfg.concurrency,
                     needs_chat=any(t.needs_chat for t in tasks))
     judge_spec = _judge_spec(cfg, tasks)
+    for t in tasks:
+        if t.needs_judge and judge_spec is not None:
+            t.use_judge(judge_spec)  # a judge mode this judge cannot serve fails here, in one line
     # An unreachable judge fails now, not after hours of generation, and before --fresh clears anything.
     judge = None if judge_spec is None else connect(judge_spec, "judge", chat_template=None,
                                                     concurrency=cfg.judge.concurrency, needs_chat=True)
@@ -202,7 +207,7 @@ def _plan(cfg: RunConfig, connect: Connect) -> Plan:
 
 
 def _execute(cfg: RunConfig, plan: Plan, run_dir: Path, t0: float) -> dict[str, Any]:
-    from harness.run.passes import generate_task, judge_task
+    from harness.run.passes import generate_task, judge_ratings_task, judge_task
     from harness.run.score import score_run
 
     config = _config_record(cfg, run_dir, plan.model, plan.tasks, plan.judge_spec, plan.judge)
@@ -220,6 +225,7 @@ def _execute(cfg: RunConfig, plan: Plan, run_dir: Path, t0: float) -> dict[str, 
             for t in plan.tasks:
                 if t.needs_judge:
                     judge_task(t, plan.examples[t.name], generated[t.name], plan.judge, run_dir)
+                    judge_ratings_task(t, plan.examples[t.name], generated[t.name], plan.judge, run_dir)
         finally:
             plan.judge.close()
     summary = score_run(run_dir, plan.tasks, plan.examples, config, replace=True, keep_old="on_new_version")

@@ -31,8 +31,8 @@ from harness.core.errors import UsageError
 from harness.core.files import write_json_atomic, write_jsonl_atomic
 from harness.core.journal import Journal
 from harness.core.models import ModelSpec
-from harness.core.records import Completion, Example, Request, Result, Task, sha256_json
-from harness.run.passes import GENERATION, JUDGMENT, journaled, pass_keys
+from harness.core.records import Completion, Example, LoglikelihoodResult, Request, Result, Task, sha256_json
+from harness.run.passes import JUDGMENT, LOGLIKELIHOOD, journaled, pass_keys, task_journal
 
 log = logging.getLogger("harness")
 
@@ -41,9 +41,11 @@ class ScoreRun:
     """What a task may use while scoring (``records.ScoreContext``): journals, progress, judgments."""
 
     def __init__(self, run_dir: Path, judgments: Mapping[str, Completion] | None = None,
-                 judge_spec: ModelSpec | None = None) -> None:
+                 judge_spec: ModelSpec | None = None,
+                 judge_scores: Mapping[str, LoglikelihoodResult] | None = None) -> None:
         self.run_dir = run_dir
         self.judgments: Mapping[str, Completion] = judgments or {}
+        self.judge_scores: Mapping[str, LoglikelihoodResult] = judge_scores or {}
         self.judge_spec = judge_spec
         self._journals: list[Journal] = []
 
@@ -73,14 +75,17 @@ def collect_generations(task: Task, examples: Sequence[Example], run_dir: Path,
     """
     completions: dict[str, list[Completion]] = {ex.id: [] for ex in examples}
     by_turn: list[list[Request]] = []
-    with Journal(run_dir / f"{task.name}.generations.jsonl") as journal:
+    path, spec = task_journal(task, run_dir)  # log-likelihood tasks: their results stand in for completions
+    with Journal(path) as journal:
         for turn in range(task.turns):
             reqs = task.requests(examples, turn, completions)
-            found = journaled(journal, reqs, pass_keys(identity, reqs), GENERATION)
+            found = journaled(journal, reqs, pass_keys(identity, reqs), spec)
             missing = sum(c is None for c in found)
             if missing:
+                what, stage = ("completion", "generating") if spec.field == "completion" else \
+                    ("log-likelihood", "scoring log-likelihoods")
                 raise UsageError(f"{run_dir}: {missing} of {len(reqs)} {task.name} requests have no journaled "
-                                 "completion (the run did not finish generating); rerun `harness run` with the "
+                                 f"{what} (the run did not finish {stage}); rerun `harness run` with the "
                                  "same options to finish it, then score")
             by_turn.append(reqs)
             for req, comp in zip(reqs, found, strict=True):
@@ -92,9 +97,22 @@ def collect_judgments(task: Task, examples: Sequence[Example], completions: Mapp
                       run_dir: Path, identity: dict[str, Any]) -> dict[str, Completion]:
     """Journaled judge completions by judge request id (absent ones are left out: the task reports them)."""
     reqs = task.judge_requests(examples, completions)
+    if not reqs:  # judged by likelihood only: no text judge journal
+        return {}
     with Journal(run_dir / f"{task.name}.judgments.jsonl") as journal:
         found = journaled(journal, reqs, pass_keys(identity, reqs), JUDGMENT)
     return {r.id: c for r, c in zip(reqs, found, strict=True) if c is not None}
+
+
+def collect_judge_ratings(task: Task, examples: Sequence[Example], completions: Mapping[str, Sequence[Completion]],
+                          run_dir: Path, identity: dict[str, Any]) -> dict[str, LoglikelihoodResult]:
+    """Journaled likelihood-judging scores by rating request id (absent ones are left out: the task reports them)."""
+    reqs = task.judge_rating_requests(examples, completions)
+    if not reqs:
+        return {}
+    with Journal(run_dir / f"{task.name}.judge_ratings.jsonl") as journal:
+        found = journaled(journal, reqs, pass_keys(identity, reqs), LOGLIKELIHOOD)
+    return {r.id: res for r, res in zip(reqs, found, strict=True) if res is not None}
 
 
 def score_run(run_dir: Path, tasks: Sequence[Task], examples: Mapping[str, list[Example]], config: dict[str, Any],
@@ -115,9 +133,12 @@ def score_run(run_dir: Path, tasks: Sequence[Task], examples: Mapping[str, list[
         t0 = time.monotonic()
         exs = examples[task.name]
         completions, by_turn = collect_generations(task, exs, run_dir, identity["model"])
-        judgments = (collect_judgments(task, exs, completions, run_dir, identity["judge"])
-                     if task.needs_judge and identity.get("judge") else {})
-        ctx = ScoreRun(run_dir, judgments, judge_spec)
+        judgments, ratings = {}, {}
+        if task.needs_judge and identity.get("judge"):
+            task.use_judge(judge_spec)  # the judge mode follows the judge recorded, as at run time
+            judgments = collect_judgments(task, exs, completions, run_dir, identity["judge"])
+            ratings = collect_judge_ratings(task, exs, completions, run_dir, identity["judge"])
+        ctx = ScoreRun(run_dir, judgments, judge_spec, ratings)
         try:
             results = task.score(exs, completions, ctx)
         finally:
