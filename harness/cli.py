@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from harness import __version__
 from harness.core.errors import EngineError, UsageError
@@ -92,8 +93,15 @@ def _study_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan (stages, example counts) and stop")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own mistakes (a missing --model, ``--alpha abc``) in the harness's one-line form, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"harness: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="Evaluate SFT checkpoints on GSM8K, HumanEval "
+    parser = _Parser(prog="harness", description="Evaluate SFT checkpoints on GSM8K, HumanEval "
                                      "and MT-Bench; compare runs with confidence intervals; gate CI on regressions.")
     parser.add_argument("--version", action="version", version=f"sft-harness {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -221,3 +221,13 @@ def test_check_refuses_a_bad_max_drop(tmp_path: Path, max_drop: str, needle: str
     base = _baseline(tmp_path)
     assert_usage_error(harness("check", str(base), "--baseline", str(base), "--max-drop", max_drop),
                        "--max-drop", needle)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--model", "m", "--alpha", "abc"], "argument --alpha: invalid float value: 'abc'"),
+    (["run", "--suite", "gsm8k"], "the following arguments are required: --model"),
+    (["check", "runs/a"], "the following arguments are required: --baseline"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_argparse_errors_are_one_line_too(argv: list[str], needle: str) -> None:
+    assert_usage_error(harness(*argv), needle, "--help")
