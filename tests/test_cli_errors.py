@@ -231,3 +231,9 @@ def test_check_refuses_a_bad_max_drop(tmp_path: Path, max_drop: str, needle: str
 ])
 def test_argparse_errors_are_one_line_too(argv: list[str], needle: str) -> None:
     assert_usage_error(harness(*argv), needle, "--help")
+
+
+@pytest.mark.parametrize("flag", ["--concurrency", "--judge-concurrency"])
+def test_concurrency_must_be_positive(flag: str) -> None:
+    assert_usage_error(harness("run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--suite", "gsm8k",
+                               flag, "0"), f"{flag} must be >= 1")

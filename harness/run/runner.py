@@ -89,6 +89,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     from harness.tasks import options_from_flags, resolve_suites
 
     suites = resolve_suites(args.suite)
+    for flag, value in (("--concurrency", args.concurrency), ("--judge-concurrency", args.judge_concurrency)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1 requests in flight, got {value}")
     shared = from_namespace(SharedOptions, args)
     task_options = options_from_flags(args, suites)
     judge = JudgeOptions(
