@@ -401,3 +401,15 @@ def test_canonical_solutions_pass_and_empty_completions_fail_under_rlimits_only(
     canonical, empty = verdicts[:164], verdicts[164:]
     assert [p["task_id"] for p, v in zip(problems, canonical, strict=True) if not v.passed] == []
     assert [p["task_id"] for p, v in zip(problems, empty, strict=True) if v.passed] == []
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("import os\nos._exit(0)\n", "failed: exited with code 0 before the tests finished"),
+    ("def f(:\n", "failed: SyntaxError"),
+    ("raise SystemExit(0)\n", "failed: SystemExit: 0"),
+    ("def g():\n    return 1\n", "failed: NameError: name 'f' is not defined"),
+])
+def test_a_program_that_never_ran_fails_even_if_the_tests_never_call_it(box: Sandbox, body: str,
+                                                                        expected: str) -> None:
+    v = box.run(prog(body, test="def check(candidate):\n    pass\n"))
+    assert v.text.startswith(expected), v

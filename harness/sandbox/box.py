@@ -336,7 +336,7 @@ def verdict_from_reply(reply: dict[str, Any], nonce: str) -> Verdict:
         return v("sandbox violation", "output limit exceeded")
     if reply["timed_out"]:
         return v("timed out")
-    if f"PASS {nonce}" in verdict:
+    if f"PASS {nonce}" in verdict and "READY" in report:
         return v("passed")
     fail = _first(verdict, "FAIL ")
     if fail is not None:
@@ -344,7 +344,7 @@ def verdict_from_reply(reply: dict[str, Any], nonce: str) -> Verdict:
     early = _first(report, "FAIL ")  # the program failed before answering, so the checker lost it
     if early is not None:
         return v("failed", early)
-    if _first(verdict, "LOST ") is None:
+    if _first(verdict, "LOST ") is None and "READY" in report:
         return v("failed", f"the checker ended without a verdict (status {reply['check_rc']})")
     if rc is not None and rc < 0:
         sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)

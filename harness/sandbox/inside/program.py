@@ -5,8 +5,9 @@ root), makes its private working directory, installs the seccomp filter and the 
 then runs the program and serves calls: each request from the checker is ``[args, kwargs]`` in plain
 data, each reply ``{"ok": result}``, ``{"raise": [type name, message]}`` or ``{"bad": type name}`` for a
 result that is not plain data. Nothing this process sends can make a program pass: the check runs in
-the checker's process, which never runs the program's code. A program that fails before its first
-answer reports ``FAIL <exception>`` on the report fd and exits 1.
+the checker's process, which never runs the program's code. Once the program ran and defines the
+entry point it reports ``READY`` (a pass needs it, so a program that exits early fails even against
+tests that never call it); a program that fails before that reports ``FAIL <exception>`` and exits 1.
 
 File descriptors: 0 /dev/null, 1 and 2 the output pipe, CALLS, REPLIES, REPORT below.
 """
@@ -75,6 +76,8 @@ def main(job, workdir):
         if job["entry_point"] not in ns:
             raise NameError(f"name {job['entry_point']!r} is not defined")
         fn = ns[job["entry_point"]]
+        flush()
+        os.write(REPORT, b"READY\n")  # the program ran and defines the entry point
     except BaseException as exc:
         flush()
         os.write(REPORT, ("FAIL " + describe(exc) + "\n").encode("utf-8", "replace"))
