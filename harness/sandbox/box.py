@@ -149,7 +149,8 @@ class Sandbox:
         """Verdicts in input order; ``on_result(i, verdict)`` as each finishes (any thread).
 
         On an exception in the calling thread (Ctrl-C) or in ``on_result``, queued programs are
-        cancelled, running ones killed and dropped, and the exception propagates at once.
+        cancelled, running ones killed and dropped, and the exception propagates at once; the
+        sandbox then runs no more programs.
         """
         out: list[Verdict | None] = [None] * len(programs)
 
