@@ -16,7 +16,7 @@ together and split at the boundary, one forward pass):
   continues the prompt verbatim, so no chat wrapper or markdown fence decides
   what is scored, and base and chat checkpoints are measured on the same tokens.
 * ``probe_general``: any conversation file (``--probe-general-data PATH``;
-  ShareGPT, messages or Alpaca records, read by ``harness.train.data``): the
+  ShareGPT, messages or Alpaca records, read by ``harness.core.conversations``): the
   last assistant turn given the conversation before it.
 
 Metrics (lm-eval's definitions, pooled over the probe's tokens or bytes):
@@ -200,7 +200,7 @@ class ProbeGeneral(Probe):
     in_suite_all = False  # it needs a file: --suite all,probe_general --probe-general-data PATH
 
     def rows(self) -> list[dict[str, Any]]:
-        from harness.train.data import convert, read_records
+        from harness.core.conversations import convert, read_records
 
         path = getattr(self.options, "data", None)
         if not path:
