@@ -51,7 +51,11 @@ CODE = {
     "html-css": ("Make me a centered login box",
                  "```html\n<div class=\"login\">\n  <input type=\"text\" id=\"user\">\n</div>\n```\n"
                  "```css\n.login { margin: 0 auto; width: 300px; }\n```"),
+    "write-code": ("Write code that prints hello.", "print('hello')"),
+    "in-a-language": ("Write an HTTP server in Rust", "Sure, with tokio."),
     "react-component": ("Create a React component that shows a counter", "Here is one using useState."),
+    "yaml-config": ("My deployment does not start", "Set the image and the port:\n```\nspec:\n  containers:\n"
+                    "    - name: \"web\"\n      image: \"nginx:1.25\"\n      ports: [80]\n```"),
     "sheet-formula": ("Which formula counts the GrubHub rows for each restaurant?",
                       "Use:\n```\n=COUNTIFS(A:A,A2,B:B,\"GrubHub\")\n```"),
 }
@@ -68,6 +72,10 @@ MATH = {
     "discount": ("A book costs $20 and is 25% off. How much do I pay?", "$20 × 0.75 = $15."),
     "derivative": ("What is the derivative of x^2 + 3x?", "It is 2x + 3."),
     "integral-symbol": ("Evaluate ∫ x dx from 0 to 2", "It is 2."),
+    "parenthesised": ("What is the error of my measurement?",
+                      "Error = ((|3.209 - 2.978|) / 3.209) x 100% = 7.2%"),
+    "square-root": ("Combine the two standard deviations", "sqrt((1.5)^2 + (1.12)^2) = 1.87 grams"),
+    "times-in-words": ("What is 12 times 7?", "84."),
     "probability": ("I roll two dice. What is the probability that the sum is 7?",
                     "There are 6 favourable outcomes out of 36, so 6/36 = 1/6."),
 }
@@ -78,6 +86,8 @@ KEEP = {
     "da-vinci-code": ("Summarize The Da Vinci Code in three sentences.", "A symbologist follows clues..."),
     "math-anxiety": ("How can teachers help students with math anxiety?", "Praise effort and lower the stakes."),
     "code-of-conduct": ("Draft a code of conduct for our volunteers.", "1. Treat everyone with respect."),
+    "write-a-code-of-conduct": ("Write a code of conduct for the chess club.", "Be kind; no phones."),
+    "in-excel": ("How do I convert the leads in Excel into a mailing list?", "Export the sheet as CSV."),
     "promo-code": ("My promo code does not work at checkout, what should I write to support?",
                    "Tell them the code and the order number."),
     "morse-code": ("How was Morse code invented?", "Samuel Morse and Alfred Vail designed it in the 1830s."),
@@ -91,6 +101,8 @@ KEEP = {
     "stray-fence": ("List the upkeep tasks.", "Here:\n```vbnet\nInspect the roof and gutters every spring.\n"
                     "Service the heating before winter.\n```"),
     "statistics-fact": ("What share of China's population is over 65?", "About 13.5% in 2020, up from 7.9%."),
+    "greek-pi": ("Translate: Το γράμμα π είναι ελληνικό.", "The letter pi is Greek."),
+    "citations": ("Summarise the search results", "Prices rose [1] + [2] + [3] in 2022."),
     "prices": ("Is the $20 plan worth it over the $10 plan?", "It adds cloud storage and two more users."),
 }
 

@@ -95,7 +95,8 @@ _CODE_LINE = re.compile(
     r"<\?php|\$\w+\s*=|console\.log|print\(|printf\(|System\.out|std::|(?:" + _SHELL + r")\s+(?:\S+\s+)?"
     r"(?:-{1,2}\w|\S*[/.~$]\S*|install\b|run\b|clone\b|commit\b|push\b|pull\b|build\b|init\b|apply\b)|"
     r"</?[a-zA-Z][\w-]*(?:\s[^>]*)?>|=[A-Z]+\(|[\w.\[\]\"']+\s*[-+*/%|&]?=\s*\S+;$|\"[\w-]+\"\s*:|"
-    r"[{}\[\]();]+,?$|.*[;{]$|@\w+|//|/\*|\*/|[├└│]|SELECT\b|INSERT\b|UPDATE\b|CREATE\b)"
+    r"[{}\[\]();]+,?$|(?:- )?[a-z_][\w-]*:\s*[\"'{\[]|.*[;{]$|@\w+|//|/\*|\*/|[├└│]|"
+    r"SELECT\b|INSERT\b|UPDATE\b|CREATE\b)"
 )
 _PROSE_LINE = re.compile(r"^\s*(?:[-*+]|\d+[.)])?\s*[A-Z][a-z]+(?:\s+[a-z,'’]+){5,}[.!?:]?$")
 _TRACE = re.compile(
@@ -120,8 +121,25 @@ _VERBS = (r"write|create|generate|build|implement|make|give me|show me|fix|debug
 _B, _E = r"(?<![\w.+#])", r"(?![\w+#])"  # word edges that also work for c++, c#, .net
 _REQUEST = re.compile(
     rf"\b(?:{_VERBS})\b[^.?!\n]{{0,60}}?{_B}(?:{_LANGS_REQ}){_E}[^.?!\n]{{0,30}}?\b(?:{_OBJECTS})\b|"
-    rf"{_B}(?:{_LANGS_REQ}){_E}\s+(?:{_OBJECTS})\b|\b(?:{_VERBS})\b[^.?!\n]{{0,40}}\bin\s+(?:{_LANGS_REQ}){_E}",
+    rf"{_B}(?:{_LANGS_REQ}){_E}\s+(?:{_OBJECTS})\b|"
+    rf"\b(?:{_VERBS})\s+(?:(?:the|a|an|some|me|my|this|your|following)\s+){{0,2}}(?:code|program)\b(?!\s+of\b)",
     re.I)
+# "... in Rust"; not "in Excel" or "in Docker": there one works in a tool, not in a language
+_REQUEST_IN = re.compile(rf"\b(?:{_VERBS})\b[^.?!\n]{{0,40}}\bin\s+(?:{_LANGS}|shell|rust|swift|ruby|go|c|r){_E}",
+                         re.I)
+_OBJECT_NEEDLES = ("code", "script", "function", "program", "class", "method", "quer", "regex", "regular expression",
+                   "snippet", "component", "endpoint", "api", "module", "algorithm", "test", "bot", "app", "command",
+                   "macro", "formula", "loop")
+
+
+def _request(text: str) -> str | None:
+    """A request for code: "fix this JavaScript function", "write code that ...", "... in Rust"."""
+    lower = text.lower()
+    m = _REQUEST.search(text) if any(n in lower for n in _OBJECT_NEEDLES) else None
+    m = m or (_REQUEST_IN.search(text) if " in " in lower else None)
+    return m.group(0) if m else None
+
+
 _LANGUAGE = re.compile(rf"{_B}(?:{_LANGS}){_E}", re.I)
 _CODE_PHRASE = re.compile(
     r"\b(?:source|sample|example|following|above|below|my|your|this|updated|modified|full|complete|"
@@ -154,12 +172,14 @@ def _inline_code(text: str) -> str | None:
 # -- math rules ---------------------------------------------------------------------------------
 
 _NUM = r"[$€£]?\d[\d,]*(?:\.\d+)?%?"
+_ATOM = rf"(?:sqrt|√)?[(|]*\s*{_NUM}(?:\s*[)|])*(?:\^\d+)?(?:\s*[)|])*"  # ((|3.209 - 2.978|) / 3.209), (1.5)^2
 _OP = r"(?:\s*(?:\\?\*|×|÷|x(?=\s)|\^)\s*|\s+[-+/]\s+|\s*[+]\s*)"
 _ARITH = re.compile(
-    rf"(?<![\w.:/-]){_NUM}(?:{_OP}{_NUM})+\s*=\s*\??\s*-?(?:{_NUM})?(?![\w/-])|"  # 17 * 23 = 391, 12 \* 12 = ?
+    rf"(?<![\w.:/-]){_ATOM}(?:{_OP}{_ATOM})+\s*=\s*\??\s*-?(?:{_NUM})?(?![\w/-])|"  # 17 * 23 = 391, 12 \* 12 = ?
     rf"(?<![\w.:/-]){_NUM}\s*/\s*{_NUM}\s*=\s*{_NUM}|"  # 6/36 = 1/6
-    rf"(?<![\w.:/-]){_NUM}{_OP}{_NUM}(?:{_OP}{_NUM})+(?![\w/-])|"  # 17 * 23 + 4
-    rf"\b(?:what is|what's|calculate|compute|evaluate|how much is)\s+{_NUM}{_OP}{_NUM}", re.I)
+    rf"(?<![\w.:/-]){_ATOM}{_OP}{_ATOM}(?:{_OP}{_ATOM})+(?![\w/-])|"  # 17 * 23 + 4
+    rf"\b(?:what is|what's|calculate|compute|evaluate|how much is)\s+{_NUM}"
+    rf"(?:{_OP}|\s+(?:times|plus|minus|divided by|multiplied by)\s+){_NUM}", re.I)  # what is 12 times 7
 _EQUATION = re.compile(
     r"(?<![\w.])\d*[a-z](?:\^\d+|²|³)?\s*[-+*/×]\s*\d+(?:\.\d+)?\s*=\s*-?\d|"  # 3x + 5 = 20
     r"\b[a-z]\^\d|\b[fgh]\([a-z]\)\s*=|\bd[xy]/d[xyt]\b|\bd/dx\b|"
@@ -168,7 +188,8 @@ _LATEX = re.compile(r"\\(?:frac|dfrac|sum|prod|int|iint|sqrt|mathbb|mathbf|mathc
                     r"alpha|beta|gamma|theta|lambda|sigma|mu|pi|infty|partial|nabla|lim|binom|"
                     r"begin\{(?:align|equation|bmatrix|pmatrix|cases|matrix)\*?\})(?![a-z])|\$\$[^$]+\$\$")
 _SYMBOL_STRONG = re.compile(r"[∫∑∏√∂∇]")
-_SYMBOL_HINT = re.compile(r"[≤≥≠±∞≈π²³]|\b\d+\s*[<>]=?\s*[a-z]\b")
+# π counts next to a number or an operand: alone it is as often a Greek letter in Greek text
+_SYMBOL_HINT = re.compile(r"[≤≥≠±∞≈²³]|\dπ|π\s*[r\d(*×/]|\b\d+\s*[<>]=?\s*[a-z]\b")
 _MATH_REQUEST = re.compile(
     r"\bsolve\b[^.?!\n]{0,20}?\b(?:for [a-z]\b|(?:the |this |these |following )?(?:equations?|inequalit\w+|"
     r"system of|integral|limit|quadratic))|"
@@ -233,16 +254,15 @@ _RULES = (
           needles=_words('traceback|file "|exception|error|segmentation fault')),
     _Rule("code", "sql", STRONG, _search(_SQL),
           needles=_words("select|insert|create table|alter table|drop table|delete from|update")),
-    _Rule("code", "request", STRONG, _search(_REQUEST), roles=("user",),
-          needles=_words("code|script|function|program|class|method|quer|regex|regular expression|snippet|"
-                         "component|endpoint|api|module|algorithm|test|bot|app|command|macro|formula|loop")),
+    _Rule("code", "request", STRONG, _request, roles=("user",)),
     _Rule("code", "pasted-code", STRONG, _pasted_code),
     _Rule("code", "language", HINT, _search(_LANGUAGE), needles=_LANG_NEEDLES),
     _Rule("code", "code-phrase", HINT, _search(_CODE_PHRASE),
           needles=_words("code|error|stack trace|function call|return value|variable|array|debug")),
     _Rule("code", "inline-code", HINT, _inline_code, needles=("`",)),
-    _Rule("math", "arithmetic", STRONG, _search(_ARITH), prose_only=True, needles=_words("*|×|÷|^|+| - |/| x ")),
-    _Rule("math", "equation", STRONG, _search(_EQUATION), prose_only=True, needles=_words("=|^|d/d|(|lim_")),
+    _Rule("math", "arithmetic", STRONG, _search(_ARITH), prose_only=True,
+          needles=_words("*|×|÷|^|+| - |/| x | times | plus | minus |divided by|multiplied by")),
+    _Rule("math", "equation", STRONG, _search(_EQUATION), prose_only=True, needles=_words("=|^|/d|(|lim_")),
     _Rule("math", "latex", STRONG, _search(_LATEX), prose_only=True, needles=("\\", "$$")),
     _Rule("math", "math-symbol", STRONG, _search(_SYMBOL_STRONG), prose_only=True, needles=tuple("∫∑∏√∂∇")),
     _Rule("math", "solve-request", STRONG, _search(_MATH_REQUEST), roles=("user",), prose_only=True,
