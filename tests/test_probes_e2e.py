@@ -117,7 +117,10 @@ def test_one_step_on_math_items_lowers_their_probe_nll_and_report_and_gate_see_i
     row = next(line for line in report.splitlines() if "probe_math nll" in line and "after" in line)
     assert "paired cluster bootstrap" in row and "4 items" in row
     assert "| −" in row  # Δ = after − before is negative: NLL fell
+    assert "Lower is better for probe_math bits_per_byte, probe_math nll" in report
 
     # Lower is better: the trained run passes against the untrained one, the reverse is a regression.
     assert main(["check", str(runs["after"]), "--baseline", str(runs["before"])]) == 0
     assert main(["check", str(runs["before"]), "--baseline", str(runs["after"])]) == 1
+    gate = capsys.readouterr().out
+    assert "REGRESSION probe_math nll" in gate and "lower is better: a drop here is a rise" in gate

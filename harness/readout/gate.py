@@ -110,6 +110,7 @@ class Verdict:
     level: float = math.nan  # the alpha this metric was tested at (Holm-adjusted unless --no-holm)
     mde: float = math.nan  # true drop the gate fails with 80% power at ``level``, reported units
     mde_any: float = math.nan  # smallest drop distinguishable from none with 80% power at ``level``
+    higher_is_better: bool = True  # False (a probe's NLL): the "drop" is a rise of the metric
 
     @property
     def p_gate(self) -> float:
@@ -174,7 +175,7 @@ def detectable(v: Verdict, level: float, margin: float) -> float:
 
 
 def power_warning(v: Verdict) -> str:
-    unit = "points" if v.scale >= 10 else "rating points"
+    unit = "points" if v.scale >= 10 else "rating points" if v.higher_is_better else "units"
     return (f"warning: {v.task} {v.metric}: {v.paired} paired {v.unit}s cannot detect a drop of "
             f"{_f(v.max_drop, v.scale)} {unit} (the allowed drop); the smallest drop they detect with 80% power "
             f"at alpha {_a(v.level)} is {_f(v.mde_any, v.scale)} {unit}, so a pass is not evidence that the drop "
@@ -240,7 +241,8 @@ def judge(new: TaskRun, base: TaskRun, spec: MetricSpec, max_drop: float, alpha:
                          "(check the runs' errors)")
     sign = 1.0 if spec.higher_is_better else -1.0
     common = dict(task=new.name, metric=spec.name, scale=spec.scale, baseline=estimate(base, spec).value,
-                  value=estimate(new, spec).value, max_drop=max_drop, paired=len(x), unit=spec.unit)
+                  value=estimate(new, spec).value, max_drop=max_drop, paired=len(x), unit=spec.unit,
+                  higher_is_better=spec.higher_is_better)
     if is_pooled(new, spec) or is_pooled(base, spec):
         return _judge_clustered((x, wx, y, wy), sign, spec.scale, max_drop, alpha, common)
     if spec.kind == "binary" and is_binary(x) and is_binary(y):
@@ -303,12 +305,13 @@ def _a(level: float) -> str:
 
 
 def describe(v: Verdict, alpha: float) -> str:
-    unit = "points" if v.scale >= 10 else "rating points"
+    unit = "points" if v.scale >= 10 else "rating points" if v.higher_is_better else "units"
     level = round(100 * (1 - alpha))
     alpha = v.level if math.isfinite(v.level) else alpha
     what = (f"{v.task} {v.metric}: {_f(v.baseline, v.scale)} -> {_f(v.value, v.scale)} on {v.paired} paired "
             f"{v.unit}s"
-            + (f" ({v.worse} worse, {v.better} better)" if v.worse is not None else ""))
+            + (f" ({v.worse} worse, {v.better} better)" if v.worse is not None else "")
+            + ("" if v.higher_is_better else " (lower is better: a drop here is a rise)"))
     stats = (f"drop {_f(v.drop, v.scale)} {unit}, {level}% CI [{_f(v.ci[0], v.scale)}, {_f(v.ci[1], v.scale)}], "
              f"one-sided {level}% lower bound {_f(v.bound, v.scale)}; {_p(v.p_margin)} for drop > "
              f"{_f(v.max_drop, v.scale)}, {_p(v.p_any)} for any drop ({v.test}); tested at alpha {_a(alpha)}, "

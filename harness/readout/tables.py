@@ -147,6 +147,10 @@ def legend(report: Report) -> str:
                  "Tango's score test at the margin and the exact McNemar test of any drop to both reject, "
                  "continuous scores the paired bootstrap at the margin, with Holm over the gated metrics. "
                  "Worse / better: items right in the baseline and wrong in the run, and the reverse.")
+    lower = sorted({f"{r.task} {r.metric}" for r in report.rows if not r.higher_is_better})
+    if lower:
+        text += (f" Lower is better for {', '.join(lower)} (a negative Δ is an improvement there; the gate's "
+                 "drop is a rise).")
     return text
 
 
