@@ -166,5 +166,7 @@ def test_each_strategy_declares_which_grid_values_name_sources():
 def test_custom_fractions_may_be_written_as_fraction_strings(sources):
     (st,) = S.build("custom", sources, stages=[["code@1/4", "math@0.5"]])
     assert st.counts() == {"code": 5, "math": 20}
+    (tiny,) = S.build("custom", sources, stages=[["code@1/64"]])  # 20 / 64 = 0.31 -> 1, noted
+    assert tiny.counts() == {"code": 1} and "custom code@1/64: 20 x 0.015625" in tiny.notes[0]
     with pytest.raises(UsageError, match="expected 'source' or 'source@fraction'"):
         S.build("custom", sources, stages=[["code@lots"]])

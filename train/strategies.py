@@ -261,6 +261,7 @@ def custom(sources: Sources, stages: Sequence[Sequence[str]] = (), seed: int = 1
     out = []
     for spec in stages:
         examples: list[Conversation] = []
+        notes: list[str] = []
         for item in spec:
             name, _, frac = item.partition("@")
             _need(sources, [name], "custom")
@@ -268,6 +269,7 @@ def custom(sources: Sources, stages: Sequence[Sequence[str]] = (), seed: int = 1
             if fraction is None:
                 raise UsageError(f"custom stage item {item!r}: expected 'source' or 'source@fraction' (0.5 or 1/2)")
             examples.extend(subsample(sources[name], fraction=fraction, seed=seed))
-        out.append(make_stage("+".join(spec), examples))
+            notes += filter(None, [proportion_note(f"custom {item}", len(sources[name]), fraction)])
+        out.append(make_stage("+".join(spec), examples, notes))
     return out
 
