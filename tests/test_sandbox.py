@@ -413,3 +413,15 @@ def test_a_program_that_never_ran_fails_even_if_the_tests_never_call_it(box: San
                                                                         expected: str) -> None:
     v = box.run(prog(body, test="def check(candidate):\n    pass\n"))
     assert v.text.startswith(expected), v
+
+
+def test_checker_runs_unprivileged_and_apart_from_the_program(box: Sandbox) -> None:
+    """The tests run in the checker's process; when the harness is root, under a uid of its own."""
+    test = "import os\ndef check(candidate):\n    print('CHECKER', os.getuid(), os.getpid(), candidate())\n"
+    v = box.run(prog("import os\nprint('PROGRAM', os.getuid(), os.getpid())\ndef f():\n    return 1\n", test))
+    assert v.passed, v
+    words = dict((line.split()[0], line.split()[1:]) for line in v.output.splitlines())
+    program_uid, checker_uid = int(words["PROGRAM"][0]), int(words["CHECKER"][0])
+    assert words["PROGRAM"][1] != words["CHECKER"][1]  # two processes
+    if os.geteuid() == 0:
+        assert 0 not in (program_uid, checker_uid) and program_uid != checker_uid

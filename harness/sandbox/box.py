@@ -47,10 +47,11 @@ log = logging.getLogger("harness")
 Isolation = Literal["bubblewrap", "rlimits-only"]
 Status = Literal["passed", "failed", "timed out", "sandbox violation"]
 
-# When the harness runs as root, worker slot i runs programs as uid base + i, with a random base per
-# Sandbox far above login, systemd-dynamic (61184-65519) and usual subuid ranges, so two sandboxes never
-# share a uid: RLIMIT_NPROC and the kill(-1) clean-up are per uid.
+# When the harness runs as root, worker slot i runs programs as uid base + i and their checks as uid
+# base + 64 + i, with a random base per Sandbox far above login, systemd-dynamic (61184-65519) and usual
+# subuid ranges, so two sandboxes never share a uid: RLIMIT_NPROC and the kill(-1) clean-up are per uid.
 SLOT_UID_BASE = 1_500_000_000
+MAX_WORKERS = 64
 VIOLATION_EXIT = 86  # inside/guard.py: the audit hook ends the program's process with this status
 SECCOMP_ARCHES = ("x86_64", "aarch64")  # inside/guard.py has their syscall tables; elsewhere RLIMIT_NPROC only
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full")
@@ -118,7 +119,7 @@ class Sandbox:
     def __init__(self, limits: Limits | None = None, isolation: str = "auto", workers: int | None = None,
                  audit: bool = True) -> None:
         self.limits = limits or Limits()
-        self.workers = min(64, max(1, workers or os.cpu_count() or 1))
+        self.workers = min(MAX_WORKERS, max(1, workers or os.cpu_count() or 1))
         self.audit = audit
         self.isolation, self.fallback_reason = _resolve_isolation(isolation, self.limits.tmp_bytes)
         bwrap = find_bwrap() if self.isolation == "bubblewrap" else None
@@ -126,7 +127,8 @@ class Sandbox:
         cmd = [*(bwrap_command(bwrap, self.limits.tmp_bytes) if bwrap else []), sys.executable, *PYTHON_FLAGS,
                server]
         self._servers = [_Server(cmd) for _ in range(self.workers)]
-        self._uid_base = SLOT_UID_BASE + secrets.randbelow(1 << 20) * 64 if os.geteuid() == 0 else None
+        self._uid_base = (SLOT_UID_BASE + secrets.randbelow(1 << 20) * 2 * MAX_WORKERS
+                          if os.geteuid() == 0 else None)
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(self.workers):
             self._slots.put(slot)
@@ -200,6 +202,7 @@ class Sandbox:
         tmp = "/tmp" if bwrapped else tempfile.gettempdir()
         job = {"limits": asdict(self.limits), "audit": self.audit, "seccomp": True,
                "slot_uid": None if self._uid_base is None else self._uid_base + slot,
+               "check_uid": None if self._uid_base is None else self._uid_base + MAX_WORKERS + slot,
                "tmp": tmp, "wipe_tmp": bwrapped, "read_roots": [*ro_paths(), *DEVICES], "hidden": hidden_paths(),
                "preload": sorted(program.preload), "setup": program.setup,
                "program": program.program, "test": program.test, "entry_point": program.entry_point}

@@ -8,8 +8,10 @@ process as plain data and its result comes back as plain data (plain.py), so a r
 ``PASS <nonce>`` after ``check(candidate)`` returned, ``FAIL <exception>``, or ``LOST <why>`` when the
 program's process stopped answering (the server then reports why it stopped).
 
-This process is made non-dumpable, so a program running as the same uid (a harness that is not root)
-can neither ptrace it nor open its /proc/PID/mem; the program's seccomp filter forbids ptrace anyway.
+When the harness is root this process runs as a checker uid of its own (neither root nor the
+program's uid). It is also made non-dumpable, so a program running as the same uid (a harness that is
+not root) can neither ptrace it nor open its /proc/PID/mem; the program's seccomp filter forbids
+ptrace anyway.
 
 File descriptors: 0 /dev/null, 1 and 2 the output pipe, CALLS, REPLIES, VERDICT below.
 """
@@ -19,6 +21,7 @@ import importlib
 import json
 import os
 import resource
+import sys
 
 import guard
 import plain
@@ -98,6 +101,10 @@ def main(job, nonce):
     for name, value in (("RLIMIT_CPU", lim["cpu_seconds"]), ("RLIMIT_AS", lim["memory_bytes"]),
                         ("RLIMIT_FSIZE", 0), ("RLIMIT_CORE", 0)):
         resource.setrlimit(getattr(resource, name), (value, value))
+    if job["check_uid"] is not None and os.getuid() == 0:  # not root, and not the program's uid either
+        os.setgroups([])
+        os.setgid(job["check_uid"])
+        os.setuid(job["check_uid"])
     guard.set_dumpable(False)
     os.chdir("/")
     for name in job["preload"]:
@@ -121,5 +128,10 @@ def main(job, nonce):
         line = "LOST " + str(outcome)
     else:
         line = "FAIL " + describe(outcome)
+    for stream in (sys.stdout, sys.stderr):  # what the tests printed goes to the output too
+        try:
+            stream.flush()
+        except BaseException:
+            pass
     os.write(VERDICT, (line + "\n").encode("utf-8", "replace"))
     os._exit(0)

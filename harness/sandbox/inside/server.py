@@ -9,7 +9,7 @@ when available) and driven over stdin/stdout with length-prefixed JSON jobs. For
   pipe; it alone holds the verdict pipe and knows the nonce.
 
 It enforces the wall-clock deadline and the output cap, waits for both, kills what is left (as the
-slot uid, through a helper, when the harness is root) and removes what the program wrote: the private
+slot and checker uids, through helpers, when the harness is root) and removes what the program wrote: the private
 /tmp under bubblewrap, and otherwise everything the slot uid owns in the temporary directories
 (/tmp, /var/tmp, /dev/shm and the world-writable folders in them). The reply carries both processes'
 reports and exit statuses; ``box.py`` turns them into a verdict.
@@ -140,18 +140,19 @@ def _cleanup(job, workdir):
                 _remove(os.path.join(tmp, entry))
         _remove(workdir)
         return
-    helper = os.fork()
-    if helper == 0:  # as the slot uid: root without CAP_KILL/CAP_DAC_OVERRIDE (bwrap) could not
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            os.kill(-1, signal.SIGKILL)
-            for base in dict.fromkeys((tmp, "/tmp", "/var/tmp", "/dev/shm")):
-                _remove_owned(base, uid)
-        finally:
-            os._exit(0)
-    os.waitpid(helper, 0)
+    for who in (uid, job["check_uid"]):
+        helper = os.fork()
+        if helper == 0:  # as that uid: root without CAP_KILL/CAP_DAC_OVERRIDE (bwrap) could not
+            try:
+                os.setgroups([])
+                os.setgid(who)
+                os.setuid(who)
+                os.kill(-1, signal.SIGKILL)
+                for base in dict.fromkeys((tmp, "/tmp", "/var/tmp", "/dev/shm")):
+                    _remove_owned(base, who)
+            finally:
+                os._exit(0)
+        os.waitpid(helper, 0)
 
 
 def _kill(pid):
