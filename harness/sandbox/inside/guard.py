@@ -103,9 +103,11 @@ DENY_EVENTS = frozenset((
     "ctypes.cdata", "ctypes.addressof", "ctypes.call_function", "os.chroot", "os.setuid", "sqlite3.connect",
 ))
 # Modules that create processes, shared memory or files from C, where no 'open' event is raised.
-DENY_IMPORTS = frozenset(("ctypes", "_ctypes", "cffi", "subprocess", "_posixsubprocess", "multiprocessing",
-                          "_multiprocessing", "_posixshmem", "_gdbm", "_dbm", "readline", "_sqlite3", "_curses",
-                          "_tkinter"))
+DENY_IMPORTS = frozenset(("ctypes", "_ctypes", "cffi", "_posixshmem", "_gdbm", "_dbm", "readline", "_sqlite3",
+                          "_curses", "_tkinter"))
+# Modules that only create processes: importing them is refused only without the seccomp filter, which
+# otherwise kills the process at the first fork or exec (an unused `import subprocess` is no violation).
+PROCESS_IMPORTS = frozenset(("subprocess", "_posixsubprocess", "multiprocessing", "_multiprocessing"))
 # Events that change the filesystem: event -> indexes of the path arguments (each must be in the workdir).
 WRITE_EVENTS = {"os.mkdir": (0,), "os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.link": (0, 1),
                 "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,), "os.chflags": (0,),
@@ -115,13 +117,14 @@ PROC_TOP = frozenset(("cpuinfo", "meminfo", "stat", "loadavg", "version", "uptim
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
-def make_hook(report_fd, workdir, read_roots, hidden, own_pid, streams=()):
+def make_hook(report_fd, workdir, read_roots, hidden, own_pid, streams=(), filtered=False):
     """The audit hook for the program's process (see the module docstring)."""
     # Everything below is bound now, in closures: a program can rebind module globals and builtins,
     # but not the cells of a function it has no reference to.
     write, exit_, lstat, stat, readlink, getcwd = os.write, os._exit, posix.lstat, posix.stat, posix.readlink, posix.getcwd
     _len, _type, _str, _bytes, _int = len, type, str, bytes, int
-    deny_events, deny_imports, write_events = DENY_EVENTS, DENY_IMPORTS, dict(WRITE_EVENTS)  # a private copy
+    deny_imports = DENY_IMPORTS if filtered else DENY_IMPORTS | PROCESS_IMPORTS
+    deny_events, write_events = DENY_EVENTS, dict(WRITE_EVENTS)  # a private copy
     proc_own, proc_top, write_flags, o_directory = PROC_OWN, PROC_TOP, WRITE_FLAGS, os.O_DIRECTORY
     roots = tuple(r.rstrip("/") for r in read_roots) + (workdir,)
     hidden = tuple(h.rstrip("/") for h in hidden)

@@ -69,7 +69,8 @@ def main(job, workdir):
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     guard.forget_ctypes()
     if job["audit"]:
-        sys.addaudithook(guard.make_hook(REPORT, workdir, job["read_roots"], job["hidden"], os.getpid(), STREAMS))
+        sys.addaudithook(guard.make_hook(REPORT, workdir, job["read_roots"], job["hidden"], os.getpid(), STREAMS,
+                                         filtered=bool(filtered)))
     ns = {"__name__": "__candidate__"}
     try:
         exec(compile(job["program"], "<program>", "exec", dont_inherit=True, optimize=0), ns)
