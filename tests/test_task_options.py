@@ -218,3 +218,9 @@ def test_a_flag_of_a_task_not_in_the_suite_is_refused() -> None:
                                          r"add humaneval to --suite or drop the flag$"):
         cfg("--suite", "gsm8k", "--n", "5")
     assert cfg("--suite", "gsm8k,humaneval", "--n", "5", "--allow-code-execution").task_options["humaneval"].n == 5
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_seed_is_a_32_bit_unsigned_integer(seed: str) -> None:
+    with pytest.raises(UsageError, match=r"^--seed must be >= 0 and <= 4294967295"):
+        cfg("--suite", "gsm8k", "--seed", seed)

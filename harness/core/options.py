@@ -158,9 +158,13 @@ def _expected(s: Spec) -> str:
 
 
 def _range(s: Spec) -> str:
-    low = None if s.low is None else (f"> {s.low:g}" if s.low_open else f">= {s.low:g}")
-    high = None if s.high is None else f"<= {s.high:g}"
+    low = None if s.low is None else (f"> {_num(s.low)}" if s.low_open else f">= {_num(s.low)}")
+    high = None if s.high is None else f"<= {_num(s.high)}"
     return " and ".join(p for p in (low, high) if p)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -256,7 +260,8 @@ class SharedOptions(Options):
     """Run-level options every task reads: where users of lm-eval and Inspect expect them, once per run."""
 
     limit: int | None = option(None, "first N items of each task", low=1)
-    seed: int = option(1234, "seed for sampling and few-shot picks, sent with every request")
+    seed: int = option(1234, "seed for sampling and few-shot picks, sent with every request", low=0,
+                       high=2**32 - 1)  # what every engine accepts (numpy and vLLM refuse negative seeds)
     max_tokens: int | None = option(None, "max new tokens for every task (default: each task's own)", low=1)
     allow_code_execution: bool = option(False, "run model-written code in the sandbox (needed by tasks that "
                                         "execute code, e.g. humaneval)", env="HARNESS_ALLOW_CODE_EXECUTION")
