@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
+import random
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -68,6 +71,25 @@ def match(labels: list[dict], records: list[tuple[str, dict]]) -> tuple[list[tup
     return pairs, missing
 
 
+def pick_for_labelling(records: list[tuple[str, dict]]) -> dict[int, str]:
+    """The stable rule that chose the labelled conversations (record index -> pick), for ``--repick``.
+
+    100 seeded indices, then 12 seeded picks from each of two hard groups outside them: text that
+    mentions code/math (word prefix) without a fenced block, and text without those words that has a
+    fence or a digit-operator-digit run.
+    """
+    texts = ["\n".join(t.get("value") or "" for t in rec.get("conversations") or []) for _, rec in records]
+    seeded = set(random.Random(2310).sample(range(len(texts)), 100))
+    kw = re.compile(r"\b(?:code|math)", re.I)
+    rest = [i for i in range(len(texts)) if i not in seeded]
+    no_fence = [i for i in rest if kw.search(texts[i]) and "```" not in texts[i]]
+    symbols = [i for i in rest if not kw.search(texts[i]) and re.search(r"```|\d\s*[-+*/^=]\s*\d", texts[i])]
+    picks = dict.fromkeys(seeded, "seeded")
+    picks |= dict.fromkeys(random.Random(1).sample(no_fence, 12), "hard:keyword-without-fence")
+    picks |= dict.fromkeys(random.Random(2).sample(symbols, 12), "hard:symbols-without-keyword")
+    return picks
+
+
 RULES: dict[str, Callable[[Conversation], bool]] = {
     "classifier": lambda c: bool(classify(c).labels),
     "keywords": lambda c: keyword_match(c, ("code", "math")) is not None,
@@ -96,7 +118,7 @@ def per_label(pairs: list[tuple[dict, Conversation]]) -> str:
     return "classifier per-label agreement: " + ", ".join(out)
 
 
-def removal_counts(records: list[tuple[str, dict]]) -> None:
+def removal_counts(records: list[tuple[str, dict]], audit: int) -> None:
     convs, dropped = [], 0
     for where, rec in records:
         conv = from_sharegpt(rec, where, "general")
@@ -110,6 +132,11 @@ def removal_counts(records: list[tuple[str, dict]]) -> None:
         removed = sum(rule(c) for c in convs)
         print(f"  {name:10s} removes {removed:6d} of {n} ({removed / n:.1%}), keeps {len(convs) - removed}"
               f"  [{time.perf_counter() - t0:.1f} s]")
+    if audit:
+        print(f"\nthe first {audit} conversations the classifier removes, with its evidence:")
+        removed_verdicts = ((c, v) for c in convs if (v := classify(c)).labels)
+        for conv, verdict in itertools.islice(removed_verdicts, audit):
+            print(f"  {conv.id}  {verdict.explain()}")
 
 
 def show(pairs: list[tuple[dict, Conversation]], what: str, limit: int) -> None:
@@ -134,6 +161,8 @@ def main() -> int:
     ap.add_argument("--show", choices=("disagreements", "removed"), help="list labelled conversations")
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--no-counts", action="store_true", help="skip the whole-file removal counts")
+    ap.add_argument("--audit", type=int, default=0, metavar="N", help="print N whole-file removals with evidence")
+    ap.add_argument("--repick", action="store_true", help="check the labels' indices against the picking rule")
     args = ap.parse_args()
     try:
         if not args.data.exists():
@@ -142,6 +171,10 @@ def main() -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.repick:
+        picks = pick_for_labelling(records)
+        same = picks == {lab["index"]: lab["pick"] for lab in labels}
+        print(f"picking rule on this file: {len(picks)} indices, {'equal to' if same else 'DIFFERENT from'} the labels'")
     pairs, missing = match(labels, records)
     print(f"{len(labels)} hand labels; {len(pairs)} scored; {missing}")
     seeded = [p for p in pairs if p[0]["pick"] == "seeded"]
@@ -155,7 +188,7 @@ def main() -> int:
     if args.show:
         show(pairs, args.show, args.limit)
     if not args.no_counts:
-        removal_counts(records)
+        removal_counts(records, args.audit)
     return 0
 
 
