@@ -23,6 +23,17 @@ identity and the full prompt (answers and prompt version included), so a
 rerun re-judges nothing; and ``--judge-repeats R`` reports the spread across
 repeats.
 
+Likelihood judging (``--judge-mode likelihood``, the default for local
+``hf:``/``vllm:`` judges, never chosen silently for an API judge): instead of
+generating a judgment, the judge's log-probability of each of the ten
+continuations ``Rating: [[1]]`` .. ``Rating: [[10]]`` right after the same
+judge prompt (its chat template and generation prompt) is read, normalised
+over the ten, and the rating is the expectation (G-Eval, Liu et al. 2023,
+weights each score by its probability). A small judge that never writes the
+``[[N]]`` format still yields a rating. Likelihood ratings are separate metrics
+(``likelihood_score`` ...), never pooled with parsed-text ratings;
+``--judge-mode both`` records both (docs/mt_bench.md).
+
 Example: ``harness run --model smollm2-135m-instruct --suite mt_bench --judge hf:smollm2-135m-instruct --limit 8``
 """
 
@@ -37,12 +48,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.core.errors import UsageError
 from harness.core.files import Check, parse_jsonl, read_verified
 from harness.core.options import Options, SharedOptions, option
-from harness.core.records import Completion, Example, Message, MetricSpec, Request, Result
+from harness.core.records import (
+    Completion,
+    Example,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    Message,
+    MetricSpec,
+    Request,
+    Result,
+)
 from harness.core.stats import mean_stderr, weighted_mean_stderr
 
 DATA_DIR = Path(__file__).parent / "data" / "mt_bench"
@@ -61,6 +81,13 @@ PROMPTS = {(False, 1): "single-v1", (True, 1): "single-math-v1",
            (False, 2): "single-v1-multi-turn", (True, 2): "single-math-v1-multi-turn"}
 GPT4_JUDGES = ("gpt-4", "gpt-4-0613")  # the judge of the published MT-Bench numbers
 OPENAI_API_URL = "https://api.openai.com/v1"
+# Likelihood judging scores the ten answers the prompt asks for, "Rating: [[5]]" being its own example,
+# so the shared prefix "Rating: [[" cancels in the normalisation and the ratings differ only in "k]]".
+# The closing brackets make the ten events disjoint ("[[1" is a prefix of "[[10", "[[1]]" is not).
+RATINGS = tuple(range(1, 11))
+RATING_CONTINUATION = "Rating: [[{k}]]"
+JudgeMode = Literal["auto", "likelihood", "text", "both"]
+LIKELIHOOD = "likelihood_"  # the prefix of every likelihood metric: never pooled with text ratings
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -169,6 +196,40 @@ def judge_outcome(comp: Completion) -> dict[str, Any]:
     return {"rating": rating, "judgment": text, "error": None}
 
 
+def likelihood_outcome(results: Sequence[LoglikelihoodResult | None]) -> dict[str, Any]:
+    """Ten scored continuations (ratings 1..10, in order; None: not scored) as a record: the
+    normalised distribution and its expectation as the rating, or an error saying why there is none."""
+    failed = next((r.error for r in results if r is not None and r.error is not None), None)
+    if failed is not None or len(results) != len(RATINGS) or any(r is None for r in results):
+        why = f"judge scoring failed: {failed}" if failed else "no likelihood judgment"
+        return {"rating": None, "distribution": None, "logprobs": None, "error": why}
+    logprobs = [float(r.logprob_sum) for r in results if r is not None]
+    top = max(logprobs)
+    if not math.isfinite(top):
+        return {"rating": None, "distribution": None, "logprobs": logprobs,
+                "error": "judge scoring gave no finite log-probability for any rating"}
+    weights = [math.exp(lp - top) for lp in logprobs]  # shifted by the max: no underflow to 0/0
+    total = sum(weights)
+    distribution = [w / total for w in weights]
+    rating = sum(k * p for k, p in zip(RATINGS, distribution, strict=True))
+    return {"rating": rating, "distribution": distribution, "logprobs": logprobs, "error": None}
+
+
+def resolve_judge_mode(mode: str, spec: Any) -> str:
+    """``auto`` -> likelihood for a local judge (hf:, vllm:, an embedded alias), text for an API judge.
+
+    An API judge is never scored by likelihood: an OpenAI-compatible endpoint scores raw text only
+    (``/completions`` with echo), and the judge prompt is a chat whose template only the server knows."""
+    local = spec is not None and spec.kind != "openai"
+    if mode == "auto":
+        return "likelihood" if local else "text"
+    if mode != "text" and spec is not None and not local:
+        raise UsageError(f"--judge-mode {mode} needs a local judge (hf:PATH or vllm:PATH): {spec.kind}:{spec.target} "
+                         "is an API endpoint, which cannot score a chat prompt's continuations; use --judge-mode "
+                         "text (its default)")
+    return mode
+
+
 def is_gpt4_judge(spec: Any) -> bool:
     """Only GPT-4 on OpenAI's own endpoint gives scores comparable to published MT-Bench numbers."""
     if spec is None or spec.kind != "openai" or spec.target not in GPT4_JUDGES:
@@ -185,11 +246,25 @@ class JudgeLabel:
 
 @dataclass(frozen=True)
 class JudgeJob:
+    """One answer turn to judge: the judge prompt it is rendered into."""
+
     example_id: str
     turn: int  # 1 or 2
-    repeat: int
     prompt: str  # versioned prompt name
-    request: Request
+    messages: tuple[Message, ...]
+
+    @property
+    def base_id(self) -> str:
+        return f"{self.example_id}#judge-t{self.turn}"
+
+    def text_request(self, repeat: int, max_tokens: int) -> Request:
+        return Request(id=f"{self.base_id}-r{repeat}", messages=self.messages, max_tokens=max_tokens,
+                       temperature=JUDGE_TEMPERATURE)
+
+    def rating_requests(self) -> list[LoglikelihoodRequest]:
+        """The ten continuations whose probabilities after the judge prompt give the likelihood rating."""
+        return [LoglikelihoodRequest(id=f"{self.base_id}-p{k}", context=self.messages,
+                                     continuation=RATING_CONTINUATION.format(k=k)) for k in RATINGS]
 
 
 def _answers(comps: Sequence[Completion]) -> list[str | None]:
@@ -199,6 +274,26 @@ def _answers(comps: Sequence[Completion]) -> list[str | None]:
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
+
+
+def metric_specs(prefix: str, primary: bool) -> tuple[MetricSpec, ...]:
+    """One family of ratings (parsed text: no prefix; likelihood: ``likelihood_``). The headline is
+    FastChat's show_result average: every valid judgment row, turns pooled. An item (question)
+    carries the mean of its judged turns and their count, so the report pools them with standard
+    errors clustered on the question. ``question_mean`` weighs each question once."""
+    p = prefix
+    return (
+        MetricSpec(f"{p}score", key=f"{p}score", kind="continuous", scale=1.0, primary=primary, unit="question",
+                   weight=f"{p}score_turns"),
+        MetricSpec(f"{p}turn1", key=f"{p}turn1", kind="continuous", scale=1.0, unit="question"),
+        MetricSpec(f"{p}turn2", key=f"{p}turn2", kind="continuous", scale=1.0, unit="question"),
+        MetricSpec(f"{p}question_mean", key=f"{p}score", kind="continuous", scale=1.0, unit="question"),
+    )
+
+
+# The families each judge mode reports, the headline's first: with both, the likelihood rating leads
+# (it exists for every judged turn; a small judge's text rating often does not).
+FAMILIES = {"text": ("",), "likelihood": (LIKELIHOOD,), "both": (LIKELIHOOD, "")}
 
 
 # -- the task ---------------------------------------------------------------------------------------
@@ -213,6 +308,10 @@ class MTBenchOptions(Options):
                                 low=1, high=100, identity=False)
     judge_max_tokens: int = option(JUDGE_MAX_TOKENS, "judge reply budget (FastChat: 2048; lower it for CPU "
                                    "plumbing runs)", flag="--judge-max-tokens", low=1, identity=False)
+    judge_mode: JudgeMode = option("auto", "likelihood: the expectation of the judge's probabilities of "
+                                   "'Rating: [[1]]'..'[[10]]' (auto for hf:/vllm: judges); text: parse the "
+                                   "[[rating]] it writes (auto for API judges); both: record both",
+                                   flag="--judge-mode", identity=False)
 
 
 class MTBench:
@@ -226,16 +325,7 @@ class MTBench:
     needs_chat = True
     needs_code_execution = False
     default_max_drop = 0.2  # rating points (1-10 scale) the CI gate allows by default
-    # The headline is FastChat's show_result average: every valid judgment row, turns pooled. An item
-    # (question) carries the mean of its judged turns and their count, so the report pools them with
-    # standard errors clustered on the question. ``question_mean`` weighs each question once.
-    metrics = (
-        MetricSpec("score", key="score", kind="continuous", scale=1.0, primary=True, unit="question",
-                   weight="score_turns"),
-        MetricSpec("turn1", key="turn1", kind="continuous", scale=1.0, unit="question"),
-        MetricSpec("turn2", key="turn2", kind="continuous", scale=1.0, unit="question"),
-        MetricSpec("question_mean", key="score", kind="continuous", scale=1.0, unit="question"),
-    )
+    metrics = metric_specs("", primary=True)  # text judging; use_judge sets the instance's families
 
     def __init__(self, options: MTBenchOptions | None = None, shared: SharedOptions | None = None) -> None:
         options, shared = options or MTBenchOptions(), shared or SharedOptions()
@@ -243,6 +333,24 @@ class MTBench:
         self.seed = shared.seed
         self.repeats = options.judge_repeats
         self.judge_max_tokens = options.judge_max_tokens
+        self.judge_mode_option = options.judge_mode
+        # Until the runner names the judge (use_judge), ``auto`` means text, as before likelihood judging.
+        self._set_mode("text" if options.judge_mode == "auto" else options.judge_mode)
+
+    def use_judge(self, spec: Any) -> None:
+        """The runner names the judge before any request is built: resolve ``auto`` against it, and
+        refuse (one line) a mode this judge cannot serve or repeats that would change nothing."""
+        mode = resolve_judge_mode(self.judge_mode_option, spec)
+        if mode == "likelihood" and self.repeats > 1:
+            raise UsageError(f"--judge-repeats {self.repeats} has no effect with --judge-mode likelihood (a "
+                             "likelihood rating is deterministic); pass --judge-mode text or both to repeat text "
+                             "judgments, or drop --judge-repeats")
+        self._set_mode(mode)
+
+    def _set_mode(self, mode: str) -> None:
+        self.judge_mode = mode
+        self.families = FAMILIES[mode]
+        self.metrics = tuple(m for i, p in enumerate(self.families) for m in metric_specs(p, primary=i == 0))
 
     def load(self, limit: int | None = None) -> list[Example]:
         data = load_data()
@@ -278,7 +386,18 @@ class MTBench:
         Their content (prompt text, answers, sampling) is their journal key, with
         the judge's identity: an edited prompt, a changed answer or another judge
         is judged anew, and everything else is reused."""
-        return [j.request for j in self._jobs(examples, completions)]
+        if "" not in self.families:
+            return []
+        return [j.text_request(rep, self.judge_max_tokens) for j in self._jobs(examples, completions)
+                for rep in range(self.repeats)]
+
+    def judge_rating_requests(self, examples: Sequence[Example],
+                              completions: Mapping[str, Sequence[Completion]]) -> list[LoglikelihoodRequest]:
+        """The log-likelihood requests of likelihood judging: ten per judged turn (none in text mode).
+        Deterministic, so never repeated; journaled and keyed like the text judge's requests."""
+        if LIKELIHOOD not in self.families:
+            return []
+        return [r for j in self._jobs(examples, completions) for r in j.rating_requests()]
 
     def judgment_final(self, completion: Completion) -> bool:
         # A reply without a rating in 1-10 is asked again on a rerun (failed calls always are).
@@ -299,62 +418,98 @@ class MTBench:
                           {"question_1": q1, "question_2": q2, "answer_1": answers[0], "answer_2": answers[1]})
                 if ref is not None:
                     fields |= {"ref_answer_1": ref[0], "ref_answer_2": ref[1]}
-                for rep in range(self.repeats):
-                    req = Request(id=f"{ex.id}#judge-t{turn}-r{rep}", messages=prompt.render(**fields),
-                                  max_tokens=self.judge_max_tokens, temperature=JUDGE_TEMPERATURE)
-                    jobs.append(JudgeJob(ex.id, turn, rep, prompt.version, req))
+                jobs.append(JudgeJob(ex.id, turn, prompt.version, prompt.render(**fields)))
         return jobs
 
     def score(self, examples: Sequence[Example], completions: Mapping[str, Sequence[Completion]],
               ctx: Any) -> list[Result]:
-        """Ratings from the judge completions the runner hands over in ``ctx.judgments`` (by request id)."""
-        from harness.core.env import scrub
-
+        """Ratings from what the runner's judge passes hand over by request id: text judgments in
+        ``ctx.judgments``, scored rating continuations in ``ctx.judge_scores``."""
         spec = getattr(ctx, "judge_spec", None)
         judge = JudgeLabel(f"{spec.kind}:{spec.target}" if spec is not None else None, is_gpt4_judge(spec))
         jobs = self._jobs(examples, completions)
-        outcomes: dict[str, dict[str, Any] | None] = {}
-        for job in jobs:
-            comp = ctx.judgments.get(job.request.id)
-            outcome = judge_outcome(comp) if comp is not None else None
-            if outcome is not None and outcome["error"]:
-                outcome["error"] = scrub(outcome["error"])
-            outcomes[job.request.id] = outcome
+        texts = self._text_outcomes(jobs, ctx.judgments) if "" in self.families else {}
+        likely = (self._likelihood_outcomes(jobs, getattr(ctx, "judge_scores", {}))
+                  if LIKELIHOOD in self.families else {})
         by_example: dict[str, list[JudgeJob]] = {}
         for job in jobs:
             by_example.setdefault(job.example_id, []).append(job)
-        return [self._result(ex, completions[ex.id], by_example.get(ex.id, []), outcomes, judge) for ex in examples]
+        return [self._result(ex, completions[ex.id], by_example.get(ex.id, []), texts | likely, judge)
+                for ex in examples]
+
+    def _text_outcomes(self, jobs: Sequence[JudgeJob], judgments: Mapping[str, Completion]) -> dict[str, Any]:
+        """Per text request id, the parsed judgment (None: the judge pass left nothing)."""
+        from harness.core.env import scrub
+
+        out: dict[str, Any] = {}
+        for job in jobs:
+            for rep in range(self.repeats):
+                rid = f"{job.base_id}-r{rep}"
+                comp = judgments.get(rid)
+                outcome = judge_outcome(comp) if comp is not None else None
+                if outcome is not None and outcome["error"]:
+                    outcome["error"] = scrub(outcome["error"])
+                out[rid] = outcome
+        return out
+
+    def _likelihood_outcomes(self, jobs: Sequence[JudgeJob],
+                             scores: Mapping[str, LoglikelihoodResult]) -> dict[str, Any]:
+        """Per judged turn (``<base id>-lik``), the distribution over the ten ratings and its expectation."""
+        from harness.core.env import scrub
+
+        out: dict[str, Any] = {}
+        for job in jobs:
+            outcome = likelihood_outcome([scores.get(r.id) for r in job.rating_requests()])
+            if outcome["error"]:
+                outcome["error"] = scrub(outcome["error"])
+            out[f"{job.base_id}-lik"] = outcome
+        return out
+
+    def _turn(self, prefix: str, job: JudgeJob, outcomes: Mapping[str, Any]) -> tuple[float | None, dict, int]:
+        """One family's rating of one turn: (mean rating or None, what is recorded, judge errors)."""
+        if prefix == LIKELIHOOD:
+            rec = outcomes.get(f"{job.base_id}-lik") or likelihood_outcome([])
+            entry = {**rec, "prompt": job.prompt, "continuation": RATING_CONTINUATION, "ratings_scored": list(RATINGS)}
+            return rec["rating"], entry, int(rec["rating"] is None)
+        recs = [outcomes.get(f"{job.base_id}-r{rep}") or {"rating": None, "judgment": None, "error": "no judgment"}
+                for rep in range(self.repeats)]
+        ratings = [r["rating"] for r in recs]
+        entry = {"ratings": ratings, "judgments": [r["judgment"] for r in recs],
+                 "errors": [r["error"] for r in recs], "prompt": job.prompt}
+        parsed = [r for r in ratings if r is not None]
+        return (_mean(parsed) if parsed else None), entry, sum(r is None for r in ratings)
 
     def _result(self, ex: Example, comps: Sequence[Completion], jobs: list[JudgeJob],
-                outcomes: Mapping[str, dict[str, Any] | None], judge: JudgeLabel) -> Result:
+                outcomes: Mapping[str, Any], judge: JudgeLabel) -> Result:
         scores: dict[str, float] = {}
         extracted: dict[str, Any] = {}
         turn_errors: dict[str, str] = {}
-        judge_errors = 0
+        judge_errors = dict.fromkeys(self.families, 0)
         for turn in (1, 2):
-            tjobs = [j for j in jobs if j.turn == turn]
+            job = next((j for j in jobs if j.turn == turn), None)
             gen_error = next((c.error for c in comps[:turn] if c.error is not None), None)
-            if gen_error is not None or not tjobs:
+            if gen_error is not None or job is None:
                 turn_errors[f"turn{turn}"] = f"generation failed: {gen_error or 'no answer'}"
                 continue
-            recs = [outcomes.get(j.request.id) or {"rating": None, "judgment": None, "error": "no judgment"}
-                    for j in tjobs]
-            ratings = [r["rating"] for r in recs]
-            judge_errors += sum(r is None for r in ratings)
-            extracted[f"turn{turn}"] = {"ratings": ratings, "judgments": [r["judgment"] for r in recs],
-                                        "errors": [r["error"] for r in recs], "prompt": tjobs[0].prompt}
-            parsed = [r for r in ratings if r is not None]
-            if parsed:
-                scores[f"turn{turn}"] = _mean(parsed)
-            else:
-                turn_errors[f"turn{turn}"] = next(r["error"] for r in recs)
-        if scores:
-            judged = [scores[t] for t in ("turn1", "turn2") if t in scores]
-            scores |= {"score": _mean(judged), "score_turns": float(len(judged))}
-        info = {"category": ex.data["category"], "judge": judge.spec, "repeats": self.repeats,
-                "judge_errors": judge_errors, "turn_errors": turn_errors,
-                "judge_comparable_to_gpt4": judge.comparable}
-        error = None if scores else "no turn judged: " + "; ".join(f"{k}: {v}" for k, v in turn_errors.items())
+            for prefix in self.families:
+                value, entry, errors = self._turn(prefix, job, outcomes)
+                key = f"{prefix}turn{turn}"
+                extracted[key] = entry
+                judge_errors[prefix] += errors
+                if value is not None:
+                    scores[key] = value
+                else:
+                    turn_errors[key] = entry["error"] if prefix else next(e for e in entry["errors"] if e)
+        for prefix in self.families:
+            judged = [scores[k] for t in ("turn1", "turn2") if (k := f"{prefix}{t}") in scores]
+            if judged:
+                scores |= {f"{prefix}score": _mean(judged), f"{prefix}score_turns": float(len(judged))}
+        info = {"category": ex.data["category"], "judge": judge.spec, "judge_mode": self.judge_mode,
+                "repeats": self.repeats, **{f"{p}judge_errors": n for p, n in judge_errors.items()},
+                "turn_errors": turn_errors, "judge_comparable_to_gpt4": judge.comparable}
+        headline = f"{self.families[0]}score"
+        error = None if headline in scores else \
+            "no turn judged: " + "; ".join(f"{k}: {v}" for k, v in turn_errors.items())
         return Result(id=ex.id, scores=scores, extracted=extracted, error=error, info=info)
 
     # -- aggregation --------------------------------------------------------------------------------
@@ -363,23 +518,12 @@ class MTBench:
         n = len(results)
         out: dict[str, float] = {"n": n, "scored": sum(r.error is None for r in results),
                                  "errors": sum(r.error is not None for r in results)}
-        scored = [r for r in results if "score" in r.scores]
-        out["score"], out["score_stderr"] = _pooled(scored)
-        for key in ("turn1", "turn2"):
-            out[key], out[f"{key}_stderr"] = mean_stderr([r.scores[key] for r in results if key in r.scores])
-        out["question_mean"], out["question_mean_stderr"] = mean_stderr([r.scores["score"] for r in scored])
-        for turn in ("turn1", "turn2"):
-            judged = sum(turn in r.scores for r in results)
-            out[f"{turn}_judged"], out[f"{turn}_total"] = judged, n
-            out[f"{turn}_coverage"] = judged / n if n else math.nan
-        out["judge_errors"] = sum(r.info.get("judge_errors", 0) for r in results)
+        for prefix in self.families:  # each family apart: text and likelihood ratings never share a mean
+            out |= _family_metrics(results, prefix)
         out["generation_errors"] = sum(v.startswith("generation failed") for r in results
                                        for v in r.info.get("turn_errors", {}).values())
-        for cat in TEMPERATURE:
-            in_cat = [r for r in scored if r.info.get("category") == cat]
-            if in_cat:
-                out[f"category/{cat}"] = _pooled(in_cat)[0]
-        out |= _repeat_spread(results)
+        if "" in self.families:
+            out |= _repeat_spread(results)
         out["judge_comparable_to_gpt4"] = float(bool(results) and all(r.info.get("judge_comparable_to_gpt4")
                                                                       for r in results))
         return out
@@ -388,29 +532,54 @@ class MTBench:
         # Which judge graded a run is recorded by the runner (summary "judge", per-item info, and the
         # judge_comparable_to_gpt4 metric): this description depends on the options alone.
         data = load_data()
-        return {"judge_prompts": {name: data.prompts[name].version for name in PROMPTS.values()},
-                "judge_temperature": JUDGE_TEMPERATURE, "judge_max_tokens": self.judge_max_tokens,
-                "judge_repeats": self.repeats, "reference_answers": "gpt-4 (math, reasoning, coding)",
-                "temperatures": dict(TEMPERATURE), "max_tokens": self.max_tokens, "seed": self.seed,
-                "data_sha256": dict(data.sha256)}
+        out = {"judge_prompts": {name: data.prompts[name].version for name in PROMPTS.values()},
+               "judge_temperature": JUDGE_TEMPERATURE, "judge_max_tokens": self.judge_max_tokens,
+               "judge_repeats": self.repeats, "judge_mode": self.judge_mode,
+               "reference_answers": "gpt-4 (math, reasoning, coding)",
+               "temperatures": dict(TEMPERATURE), "max_tokens": self.max_tokens, "seed": self.seed,
+               "data_sha256": dict(data.sha256)}
+        if LIKELIHOOD in self.families:
+            out["likelihood_continuations"] = [RATING_CONTINUATION.format(k=k) for k in RATINGS]
+        return out
 
 
-def _pooled(results: Sequence[Result]) -> tuple[float, float]:
+def _family_metrics(results: Sequence[Result], p: str) -> dict[str, float]:
+    """One rating family's headline, turns, coverage, judge errors and categories (``p``: its prefix)."""
+    out: dict[str, float] = {}
+    n = len(results)
+    scored = [r for r in results if f"{p}score" in r.scores]
+    out[f"{p}score"], out[f"{p}score_stderr"] = _pooled(scored, p)
+    for key in (f"{p}turn1", f"{p}turn2"):
+        out[key], out[f"{key}_stderr"] = mean_stderr([r.scores[key] for r in results if key in r.scores])
+    out[f"{p}question_mean"], out[f"{p}question_mean_stderr"] = mean_stderr([r.scores[f"{p}score"] for r in scored])
+    for turn in (f"{p}turn1", f"{p}turn2"):
+        judged = sum(turn in r.scores for r in results)
+        out[f"{turn}_judged"], out[f"{turn}_total"] = judged, n
+        out[f"{turn}_coverage"] = judged / n if n else math.nan
+    out[f"{p}judge_errors"] = sum(r.info.get(f"{p}judge_errors", 0) for r in results)
+    for cat in TEMPERATURE:
+        in_cat = [r for r in scored if r.info.get("category") == cat]
+        if in_cat:
+            out[f"{p}category/{cat}"] = _pooled(in_cat, p)[0]
+    return out
+
+
+def _pooled(results: Sequence[Result], p: str = "") -> tuple[float, float]:
     """Mean over judged turns pooled (FastChat's average), SE clustered on the question."""
-    return weighted_mean_stderr([r.scores["score"] for r in results],
-                                [r.scores.get("score_turns", 1.0) for r in results])
+    return weighted_mean_stderr([r.scores[f"{p}score"] for r in results],
+                                [r.scores.get(f"{p}score_turns", 1.0) for r in results])
 
 
 def _repeat_spread(results: Sequence[Result]) -> dict[str, float]:
-    """Spread across judge repeats: mean per-turn SD, and SD of the overall score recomputed per repeat."""
+    """Spread of the text judge across repeats: mean per-turn SD, and SD of the overall score recomputed per repeat."""
     repeats = max((r.info.get("repeats", 1) for r in results), default=1)
     if repeats < 2:
         return {}
-    turn_sds = [statistics.stdev(parsed) for r in results for t in r.extracted.values()
-                if len(parsed := [x for x in t["ratings"] if x is not None]) >= 2]
+    texts = [t for r in results for k, t in r.extracted.items() if k in ("turn1", "turn2")]
+    turn_sds = [statistics.stdev(parsed) for t in texts if len(parsed := [x for x in t["ratings"] if x is not None]) >= 2]
     per_repeat = []
     for rep in range(repeats):  # the pooled score from this repeat's ratings alone
-        rows = [t["ratings"][rep] for r in results for t in r.extracted.values() if t["ratings"][rep] is not None]
+        rows = [t["ratings"][rep] for t in texts if t["ratings"][rep] is not None]
         if rows:
             per_repeat.append(_mean(rows))
     out = {"repeats": float(repeats), "repeat_sd_per_turn": _mean(turn_sds) if turn_sds else math.nan}

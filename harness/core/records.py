@@ -176,6 +176,7 @@ class ScoreContext(Protocol):
 
     run_dir: Any
     judgments: Mapping[str, Completion]  # judge request id -> the judge's completion (absent: none yet)
+    judge_scores: Mapping[str, LoglikelihoodResult]  # rating request id -> the judge's score (likelihood judging)
     judge_spec: Any  # the judge's ModelSpec, or None
 
     def journal(self, name: str) -> Any: ...
@@ -212,6 +213,17 @@ class JudgedTask(Task, Protocol):
 
     def judgment_final(self, completion: Completion) -> bool:
         """A successful judge reply the task can use; others are asked again on a rerun."""
+        ...
+
+    def use_judge(self, spec: Any) -> None:
+        """The judge's ModelSpec, given before any judge request is built (and again when
+        ``harness score`` rebuilds the task); a UsageError if the task cannot use that judge."""
+        ...
+
+    def judge_rating_requests(self, examples: Sequence[Example],
+                              completions: Mapping[str, Sequence[Completion]]) -> list[LoglikelihoodRequest]:
+        """Likelihood judging: continuations the judge scores after its prompt (empty when the task
+        is judged by text only); their results come back in ``ScoreContext.judge_scores``."""
         ...
 
 
