@@ -133,6 +133,7 @@ class Sandbox:
         for slot in range(self.workers):
             self._slots.put(slot)
         self._stopping = threading.Event()
+        self._paths = {"read_roots": [*ro_paths(), *DEVICES], "hidden": hidden_paths()}
         weakref.finalize(self, _close_all, self._servers)
         if self.fallback_reason:
             log.warning("SANDBOX: %s", fallback_advice(self.fallback_reason))
@@ -203,7 +204,7 @@ class Sandbox:
         job = {"limits": asdict(self.limits), "audit": self.audit, "seccomp": True,
                "slot_uid": None if self._uid_base is None else self._uid_base + slot,
                "check_uid": None if self._uid_base is None else self._uid_base + MAX_WORKERS + slot,
-               "tmp": tmp, "wipe_tmp": bwrapped, "read_roots": [*ro_paths(), *DEVICES], "hidden": hidden_paths(),
+               "tmp": tmp, "wipe_tmp": bwrapped, **self._paths,
                "preload": sorted(program.preload), "setup": program.setup,
                "program": program.program, "test": program.test, "entry_point": program.entry_point}
         t0 = time.monotonic()
