@@ -136,7 +136,9 @@ def build_tasks(suites: Sequence[str], options: Mapping[str, Options], shared: S
     for name in suites:
         cls = task_class(name)
         if cls.needs_code_execution and not shared.allow_code_execution:
-            others = ",".join(n for n in suites if n != name) or ",".join(n for n in names() if n != name)
+            # What to run instead: this run's tasks that execute no code, else every such task of `all`.
+            others = ",".join(n for n in suites if not task_class(n).needs_code_execution) or ",".join(
+                n for n in resolve_suites("all") if not task_class(n).needs_code_execution)
             raise UsageError(cls.opt_in.format(opt_in=opt_in, leave_out=leave_out.format(others=others or "NAME")))
     return [task_class(n)(options.get(n) or task_class(n).Options(), shared) for n in suites]
 
