@@ -127,15 +127,21 @@ def removal_counts(records: list[tuple[str, dict]], audit: int) -> None:
             convs.append(conv)
     n = len(records)
     print(f"\n{n} records; the loader drops {dropped} (empty, truncated or role-broken), {len(convs)} conversations")
-    for name, rule in RULES.items():
-        t0 = time.perf_counter()
-        removed = sum(rule(c) for c in convs)
-        print(f"  {name:10s} removes {removed:6d} of {n} ({removed / n:.1%}), keeps {len(convs) - removed}"
-              f"  [{time.perf_counter() - t0:.1f} s]")
+    t0 = time.process_time()
+    verdicts = [classify(c) for c in convs]
+    cpu = time.process_time() - t0
+    removed = sum(bool(v.labels) for v in verdicts)
+    code, math = sum(v.code for v in verdicts), sum(v.math for v in verdicts)
+    print(f"  classifier removes {removed:6d} of {n} ({removed / n:.1%}), keeps {len(convs) - removed}; "
+          f"code {code}, math {math}, both {code + math - removed}  [{cpu:.1f} s CPU]")
+    t0 = time.process_time()
+    removed = sum(RULES["keywords"](c) for c in convs)
+    print(f"  keywords   removes {removed:6d} of {n} ({removed / n:.1%}), keeps {len(convs) - removed}"
+          f"  [{time.process_time() - t0:.1f} s CPU]")
     if audit:
         print(f"\nthe first {audit} conversations the classifier removes, with its evidence:")
-        removed_verdicts = ((c, v) for c in convs if (v := classify(c)).labels)
-        for conv, verdict in itertools.islice(removed_verdicts, audit):
+        removals = ((c, v) for c, v in zip(convs, verdicts, strict=True) if v.labels)
+        for conv, verdict in itertools.islice(removals, audit):
             print(f"  {conv.id}  {verdict.explain()}")
 
 

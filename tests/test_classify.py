@@ -88,6 +88,7 @@ KEEP = {
     "code-of-conduct": ("Draft a code of conduct for our volunteers.", "1. Treat everyone with respect."),
     "write-a-code-of-conduct": ("Write a code of conduct for the chess club.", "Be kind; no phones."),
     "in-excel": ("How do I convert the leads in Excel into a mailing list?", "Export the sheet as CSV."),
+    "song-in-c-major": ("Write a short melody in C major for a lullaby", "C E G E, C E G E, F A C A."),
     "promo-code": ("My promo code does not work at checkout, what should I write to support?",
                    "Tell them the code and the order number."),
     "morse-code": ("How was Morse code invented?", "Samuel Morse and Alfred Vail designed it in the 1830s."),

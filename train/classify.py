@@ -24,7 +24,7 @@ measures it, and the keyword rule, against hand labels (docs/train.md).
 
     verdict = classify(conv)   # Verdict(code=True, math=False, evidence=(...))
     print(verdict.explain())   # code: sql@1 'SELECT id FROM orders' + language@0 'SQL'
-    python bench/sharegpt_filter.py --show removed --limit 20   # audit a data file
+    python bench/sharegpt_filter.py --audit 20   # the first 20 removals of a data file, explained
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Removed:
-    """A conversation a filter took out, with why (for logs and ``--show removed``)."""
+    """A conversation a filter took out, and why (for the log's counts and for audits)."""
 
     conv: Conversation
     labels: tuple[str, ...]
@@ -125,8 +125,8 @@ _REQUEST = re.compile(
     rf"\b(?:{_VERBS})\s+(?:(?:the|a|an|some|me|my|this|your|following)\s+){{0,2}}(?:code|program)\b(?!\s+of\b)",
     re.I)
 # "... in Rust"; not "in Excel" or "in Docker": there one works in a tool, not in a language
-_REQUEST_IN = re.compile(rf"\b(?:{_VERBS})\b[^.?!\n]{{0,40}}\bin\s+(?:{_LANGS}|shell|rust|swift|ruby|go|c|r){_E}",
-                         re.I)
+_REQUEST_IN = re.compile(rf"\b(?:{_VERBS})\b[^.?!\n]{{0,40}}\bin\s+(?:{_LANGS}|shell|rust|swift|ruby|go|r|"
+                         rf"c(?!\s+(?:major|minor|sharp|flat)\b)){_E}", re.I)
 _OBJECT_NEEDLES = ("code", "script", "function", "program", "class", "method", "quer", "regex", "regular expression",
                    "snippet", "component", "endpoint", "api", "module", "algorithm", "test", "bot", "app", "command",
                    "macro", "formula", "loop")
