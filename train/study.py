@@ -79,8 +79,8 @@ def load_sources(study: Study) -> dict[str, list[Conversation]]:
     out = {}
     for spec in study.sources:
         convs, st = load_source(spec)
-        log.info("source %s: %d records, %d kept, dropped %s, filter %s removed %d %s", st.name, st.records,
-                 st.kept, st.dropped or "none", st.filter, st.filtered, st.filter_labels or "")
+        log.info("source %s: %d records, %d kept, dropped %s, filter %s removed %d%s", st.name, st.records,
+                 st.kept, st.dropped or "none", st.filter, st.filtered, f" {st.filter_labels}" if st.filtered else "")
         if not convs:
             raise UsageError(f"source {spec.name!r} has 0 examples left ({st.records} records, dropped "
                              f"{st.dropped or 'none'}, {st.filtered} removed by filter {st.filter!r}); check "
