@@ -435,3 +435,16 @@ def test_checker_runs_unprivileged_and_apart_from_the_program(box: Sandbox) -> N
     assert words["PROGRAM"][1] != words["CHECKER"][1]  # two processes
     if os.geteuid() == 0:
         assert 0 not in (program_uid, checker_uid) and program_uid != checker_uid
+
+
+def test_seccomp_is_probed_and_recorded_and_its_absence_falls_back(monkeypatch, caplog) -> None:
+    from harness.sandbox import box as box_module
+
+    if os.uname().machine in ("x86_64", "aarch64"):
+        assert box_module.seccomp_problem() is None
+    monkeypatch.setattr(box_module, "seccomp_problem", lambda: "refused by this kernel (simulated)")
+    with Sandbox(LIMITS, workers=1) as sandbox:
+        assert sandbox.describe()["seccomp"] is False
+        assert "no seccomp filter (refused by this kernel (simulated))" in caplog.text
+        assert sandbox.run(prog("import subprocess\n")).text == "sandbox violation: import subprocess"
+        assert sandbox.run(prog("def f():\n    return 1\n")).passed

@@ -53,7 +53,6 @@ Status = Literal["passed", "failed", "timed out", "sandbox violation"]
 SLOT_UID_BASE = 1_500_000_000
 MAX_WORKERS = 64
 VIOLATION_EXIT = 86  # inside/guard.py: the audit hook ends the program's process with this status
-SECCOMP_ARCHES = ("x86_64", "aarch64")  # inside/guard.py has their syscall tables; elsewhere RLIMIT_NPROC only
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full")
 
 
@@ -135,6 +134,9 @@ class Sandbox:
         self._stopping = threading.Event()
         self._paths = {"read_roots": [*ro_paths(), *DEVICES], "hidden": hidden_paths()}
         weakref.finalize(self, _close_all, self._servers)
+        if seccomp_problem():
+            log.warning("SANDBOX: no seccomp filter (%s): process creation is stopped by the audit hook and "
+                        "RLIMIT_NPROC only", seccomp_problem())
         if self.fallback_reason:
             log.warning("SANDBOX: %s", fallback_advice(self.fallback_reason))
             if os.geteuid() != 0:
@@ -143,7 +145,7 @@ class Sandbox:
     def describe(self) -> dict[str, Any]:
         """Everything that can change a verdict; part of the execution cache key."""
         return {"isolation": self.isolation, "limits": asdict(self.limits), "audit": self.audit,
-                "seccomp": os.uname().machine in SECCOMP_ARCHES, "server_sha256": _server_hash(),
+                "seccomp": seccomp_problem() is None, "server_sha256": _server_hash(),
                 "python": sys.version.split()[0],
                 "fallback_reason": self.fallback_reason}
 
@@ -201,7 +203,7 @@ class Sandbox:
         nonce = secrets.token_hex(16)
         bwrapped = self.isolation == "bubblewrap"
         tmp = "/tmp" if bwrapped else tempfile.gettempdir()
-        job = {"limits": asdict(self.limits), "audit": self.audit, "seccomp": True,
+        job = {"limits": asdict(self.limits), "audit": self.audit, "seccomp": seccomp_problem() is None,
                "slot_uid": None if self._uid_base is None else self._uid_base + slot,
                "check_uid": None if self._uid_base is None else self._uid_base + MAX_WORKERS + slot,
                "tmp": tmp, "wipe_tmp": bwrapped, **self._paths,
@@ -357,6 +359,24 @@ def verdict_from_reply(reply: dict[str, Any], nonce: str) -> Verdict:
             return v("timed out", "CPU limit")
         return v("failed", f"killed by {sig} before the tests finished")
     return v("failed", f"exited with code {rc} before the tests finished")
+
+
+@cache
+def seccomp_problem() -> str | None:
+    """None when a child interpreter can load the program's seccomp filter here; else why not
+    (an architecture without a syscall table in inside/guard.py, a kernel or container refusing it)."""
+    probe = (f"import os, sys\nsys.path.insert(0, {str(INSIDE_DIR)!r})\nimport guard\n"
+             "print(guard.install_seccomp(os.getpid()))")
+    try:
+        res = subprocess.run([sys.executable, *PYTHON_FLAGS, "-c", probe], capture_output=True, text=True,
+                             timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"probe failed to start ({exc})"
+    if res.stdout.strip() == "True":
+        return None
+    if res.stdout.strip() == "False":
+        return f"no syscall table for {os.uname().machine}"
+    return (res.stderr.strip().splitlines() or ["probe failed"])[-1][:200]
 
 
 @cache
