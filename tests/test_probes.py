@@ -39,11 +39,23 @@ def test_suite_probes_is_math_and_code_and_all_includes_them_but_not_the_file_pr
 
 
 def test_probe_general_without_a_file_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
-    code = main(["run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--suite", "probe_general",
+    code = main(["run", "--model", "hf:some-org/some-model", "--suite", "probe_general",
                  "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--probe-general-data PATH" in err and len(err.splitlines()) == 1
     assert not any(tmp_path.iterdir())  # refused before any run directory was made
+
+
+def test_an_openai_endpoint_gets_the_text_probes_of_all_and_refuses_a_chat_probe_by_name(tmp_path: Path,
+                                                                                         capsys) -> None:
+    from harness.cli import build_parser
+
+    base = ["run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path)]
+    suites = runner.config_from_args(build_parser().parse_args([*base, "--suite", "all"])).suites
+    assert "probe_code" in suites and "probe_math" not in suites  # left out of all, said in the log
+    assert main([*base, "--suite", "probes"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "probe_math scores chat contexts" in err and "hf:PATH" in err and len(err.splitlines()) == 1
 
 
 # -- items ----------------------------------------------------------------------------------------
@@ -151,7 +163,7 @@ def connect_toy(scorer: ToyScorer, builds: list[int]) -> runner.Connect:
 
 
 def test_runner_sends_probe_requests_through_the_loglikelihood_pass_and_resumes(tmp_path: Path, capsys) -> None:
-    cfg = runner.RunConfig(model=ModelSpec(kind="openai", target="toy", base_url="http://127.0.0.1:9/v1"),
+    cfg = runner.RunConfig(model=ModelSpec(kind="hf", target="toy/model"),
                            suites=("probe_math", "probe_code"), out=tmp_path, shared=SharedOptions(limit=3))
     scorer, builds = ToyScorer(), []
     run_dir, summary = runner.run_with_summary(cfg, connect_toy(scorer, builds))

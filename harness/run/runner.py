@@ -98,6 +98,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         spec=parse_model_spec(args.judge, args.judge_args, args.judge_base_url, flag="--judge") if args.judge else None,
         concurrency=args.judge_concurrency)
     model = parse_model_spec(args.model, args.model_args, args.base_url)
+    suites = _leave_out_of_all(suites, args.suite, model)
+    task_options = {name: opts for name, opts in task_options.items() if name in suites}
     if args.baseline or args.max_drop is not None:
         _check_gate_flags(args.max_drop, args.alpha, suites)  # now, not after the whole run
     return RunConfig(model=model, suites=suites, out=Path(args.out), shared=shared,  # type: ignore[arg-type]
@@ -192,6 +194,7 @@ def _plan(cfg: RunConfig, connect: Connect) -> Plan:
         check_model_target(cfg.judge.spec, flag="--judge")
     chat_template = _read_chat_template(cfg.chat_template)
     tasks = build_tasks(cfg.suites, cfg.task_options, cfg.shared)
+    _check_scorable(cfg.model, tasks)
     examples = {t.name: t.load(cfg.shared.limit) for t in tasks}  # bad data fails here, before the model
     model = connect(cfg.model, "model", chat_template=chat_template, concurrency=cfg.concurrency,
                     needs_chat=any(t.needs_chat for t in tasks))
@@ -269,6 +272,34 @@ def connect_adapter(spec: ModelSpec, role: str, *, chat_template: str | None, co
                                       accelerator=accelerator))
     return LazyAdapter(identity, (lambda: client) if client is not None else build, label=spec.label,
                        prebuilt=client)
+
+
+def _scores_chat(task: Any) -> bool:
+    """A log-likelihood task whose contexts are chat messages (probe_math, probe_general)."""
+    return getattr(task, "request_kind", "generate") == "loglikelihood" and bool(task.needs_chat)
+
+
+def _leave_out_of_all(suites: tuple[str, ...], text: str, model: ModelSpec) -> tuple[str, ...]:
+    """An OpenAI-compatible endpoint scores raw text only (/v1/completions with echo), so ``--suite all``
+    leaves out the log-likelihood tasks with chat contexts, and says so; naming one is refused in the plan."""
+    named = {p.strip() for p in text.split(",")}
+    if model.kind != "openai" or "all" not in named:
+        return suites
+    from harness.tasks import task_class
+
+    left_out = [s for s in suites if s not in named and _scores_chat(task_class(s))]
+    if left_out:
+        log.info("--suite all: %s left out (an OpenAI-compatible endpoint cannot score chat contexts; score them "
+                 "with --model hf:PATH or vllm:PATH)", ", ".join(left_out))
+    return tuple(s for s in suites if s not in left_out)
+
+
+def _check_scorable(model: ModelSpec, tasks: list[Task]) -> None:
+    chat = [t.name for t in tasks if _scores_chat(t)]
+    if model.kind == "openai" and chat:
+        raise UsageError(f"{', '.join(chat)} scores chat contexts, which an OpenAI-compatible endpoint cannot (its "
+                         "completions API scores raw text only); score them with --model hf:PATH or vllm:PATH, or "
+                         "leave them out of --suite (probe_code scores raw text and works here)")
 
 
 def _judge_spec(cfg: RunConfig, tasks: list[Task]) -> ModelSpec | None:
