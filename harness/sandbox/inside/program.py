@@ -64,7 +64,7 @@ def main(job, workdir):
     builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")  # -S skips site, which defines them
     builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
     filtered = job["seccomp"] and guard.install_seccomp(os.getpid())
-    if not filtered or job["slot_uid"] is not None:  # per uid: only meaningful for a dedicated uid
+    if not filtered or job["slot_uid"] is not None:  # the fallback without seccomp; always for a slot uid
         nproc = job["limits"]["nproc"]
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     guard.forget_ctypes()
