@@ -334,3 +334,29 @@ def test_planted_url_secret_is_used_but_never_recorded(tmp_path):
     for f in d.rglob("*"):
         if f.is_file():
             assert planted not in f.read_text(errors="replace"), f"URL secret leaked into {f}"
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_serve_loglikelihoods_match_hf_adapter(vllm_server, tiny_llama, monkeypatch):
+    """Issue 13.1: echo scoring through `vllm serve` (echo, logprobs=1, max_tokens=0) agrees with
+    the HF adapter within 1e-3 per token, with the same tokens scored."""
+    pytest.importorskip("torch")
+    from harness.adapters.hf import HFAdapter
+    from harness.adapters.openai import OpenAIAdapter
+    from harness.core.models import ModelSpec
+    from harness.core.records import LoglikelihoodRequest
+
+    reqs = [LoglikelihoodRequest(id="a", context="Question: 2+2 =", continuation=" 4"),
+            LoglikelihoodRequest(id="b", context="The capital of France is ", continuation="Paris."),
+            LoglikelihoodRequest(id="c", context="def add(a, b):\n", continuation="    return a + b\n")]
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    a = OpenAIAdapter(ModelSpec("openai", "tiny", {}, vllm_server), concurrency=4)
+    served = a.loglikelihood(reqs)
+    a.close()
+    hf = HFAdapter(ModelSpec("hf", str(tiny_llama), {"dtype": "float32"}), str(tiny_llama), needs_chat=False)
+    local = hf.loglikelihood(reqs)
+    for s, h in zip(served, local, strict=True):
+        assert s.error is None, s.error
+        assert (s.n_tokens, s.n_bytes, s.is_greedy) == (h.n_tokens, h.n_bytes, h.is_greedy)
+        assert abs(s.logprob_sum - h.logprob_sum) <= 1e-3 * h.n_tokens, (s, h)
