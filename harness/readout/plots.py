@@ -11,7 +11,9 @@
   Supervised Fine-tuning Data Composition", k-ablation figure.
 * ``abilities.png``: a radar chart of the abilities per run, each axis
   relative to the best run on it (a bar summary when there are fewer than
-  three axes).
+  three axes); for a lower-is-better metric (a probe's NLL) the best run is
+  the lowest and an axis reads lowest / value, so outward is better on every
+  axis. Lower-is-better metrics are marked ``↓`` wherever they are named.
 
 Example: ``harness report runs/* --format md,html --out reports/study``
 """
@@ -24,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.readout.compare import run_axes
-from harness.readout.model import MetricRow, Report, find_row, metric_columns, primary_metric, task_names
+from harness.readout.model import (
+    MetricRow,
+    Report,
+    find_row,
+    metric_columns,
+    primary_metric,
+    scale_of,
+    task_names,
+)
 
 log = logging.getLogger("harness")
 DPI = 110
@@ -59,8 +69,16 @@ def _series(report: Report, task: str, metric: str) -> list[tuple[Any, MetricRow
 def _unit(report: Report, task: str) -> str:
     for run in report.runs:
         if task in run.tasks:
-            return "%" if run.tasks[task].specs[0].scale >= 10 else "score"
+            primary = run.tasks[task].specs[0]
+            unit = "%" if primary.scale >= 10 else "score"
+            return unit if primary.higher_is_better else f"{unit}; ↓ lower is better"
     return ""
+
+
+def _tick_label(report: Report, task: str, metric: str) -> str:
+    """The metric's name, marked when lower is better (a probe's NLL), so a taller bar is not read as better."""
+    lower = any(not r.higher_is_better for r in report.rows if r.task == task and r.metric == metric)
+    return f"{metric} ↓" if lower else metric
 
 
 def _yerr(rows: list[MetricRow | None]) -> list[list[float]]:
@@ -71,7 +89,9 @@ def _yerr(rows: list[MetricRow | None]) -> list[list[float]]:
 
 def _bars(report: Report, plt: Any) -> Any:
     tasks = task_names(report)
+    # One axis per task: the metrics in its first metric's unit (a probe's nats beside a percentage would vanish).
     metrics = {t: [m for tt, m in metric_columns(report) if tt == t] for t in tasks}
+    metrics = {t: [m for m in ms if scale_of(report, t, m) == scale_of(report, t, ms[0])] for t, ms in metrics.items()}
     n_runs = len(report.runs)
     width_in = min(18.0, 1.5 * len(tasks) + 0.3 * n_runs * sum(len(m) for m in metrics.values()) + 1)
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(5.0, width_in), 4), squeeze=False,
@@ -83,7 +103,7 @@ def _bars(report: Report, plt: Any) -> Any:
             vals = [r.value if r and math.isfinite(r.value) else 0.0 for r in rows]
             xs = [j + (i - (n_runs - 1) / 2) * width for j in range(len(rows))]
             ax.bar(xs, vals, width, yerr=_yerr(rows), capsize=3, label=run.label, color=f"C{i % 10}")
-        ax.set_xticks(range(len(metrics[task])), metrics[task])
+        ax.set_xticks(range(len(metrics[task])), [_tick_label(report, task, m) for m in metrics[task]])
         ax.set_title(task)
         ax.set_ylabel(_unit(report, task))
         ax.grid(axis="y", alpha=0.3)
@@ -169,7 +189,7 @@ def _composition_panel(ax: Any, report: Report, task: str, param: str, zero_at: 
     ax.set_xticks(ticks, ["0" if t == zero_at else _tick(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel(param)
-    ax.set_ylabel(f"{metric} ({_unit(report, task)})")
+    ax.set_ylabel(f"{_tick_label(report, task, metric)} ({_unit(report, task)})")
     ax.set_title(task)
     ax.grid(alpha=0.3)
 
@@ -182,9 +202,13 @@ def _abilities(report: Report, plt: Any) -> Any:
     for t, m in axes_:
         vals = {run.path: (row.value if row and math.isfinite(row.value) else 0.0)
                 for run, row in _series(report, t, m)}
+        if any(not r.higher_is_better for r in report.rows if r.task == t and r.metric == m):
+            low = min((v for v in vals.values() if v > 0), default=0.0)  # lower is better: best = lowest
+            rel[(t, m)] = {p: (low / v if v > 0 else 0.0) for p, v in vals.items()}
+            continue
         best = max(vals.values(), default=0.0)
         rel[(t, m)] = {p: (v / best if best > 0 else 0.0) for p, v in vals.items()}
-    labels = [f"{t} {m}" for t, m in axes_]
+    labels = [f"{t} {_tick_label(report, t, m)}" for t, m in axes_]
     if len(axes_) < 3:
         return _summary_bars(report, plt, axes_, labels, rel)
     angles = [2 * math.pi * i / len(axes_) for i in range(len(axes_))]
