@@ -17,6 +17,10 @@ SentencePiece tokenizer keeps a completion's leading space.
 continuation tokenised together and split at the boundary
 (``adapters/tokens.py``), batches sorted by length, one forward pass each.
 
+``embed`` returns one vector per text: a layer's hidden state
+(``output_hidden_states``) mean-pooled over the text's tokens, or the last
+token's, for representation analysis (``tasks/representations.py``).
+
 Options (``--model-args``): dtype (auto|float32|bfloat16|float16; auto is
 float32 on CPU, bfloat16 on CUDA), device (auto|cpu|cuda), batch_size
 (default 8 on CPU, 32 on CUDA), lora=PATH (a peft adapter), revision,
@@ -42,8 +46,11 @@ from harness.core.errors import UsageError
 from harness.core.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
 from harness.core.records import (
     Completion,
+    EmbedRequest,
+    EmbedResult,
     LoglikelihoodRequest,
     LoglikelihoodResult,
+    OnEmbed,
     OnResult,
     OnScore,
     Request,
@@ -240,6 +247,54 @@ class HFAdapter:
             logprobs = torch.log_softmax(scores, dim=-1).gather(-1, target[:, None]).squeeze(-1)
             results.append(LoglikelihoodResult(id=rid, logprob_sum=float(logprobs.double().sum()), n_tokens=n,
                                                n_bytes=x.n_bytes, is_greedy=bool((scores.argmax(-1) == target).all())))
+        return results
+
+    # -- hidden-state vectors ----------------------------------------------------------------------
+
+    def embed(self, requests: Sequence[EmbedRequest], on_result: OnEmbed | None = None) -> list[EmbedResult]:
+        """One pooled hidden-state vector per text (float32), longest texts first in batches."""
+        layers = int(getattr(self.model.config, "num_hidden_layers", 0))
+        bad = sorted({r.layer for r in requests if not -(layers + 1) <= r.layer <= layers})
+        if bad:
+            raise UsageError(f"--representations-layer {bad[0]} is outside this model's hidden states: "
+                             f"0 (embeddings) .. {layers} (last), or -1 .. -{layers + 1} counted from the end")
+        encoded = [self.tokenizer(r.text, add_special_tokens=True)["input_ids"] for r in requests]
+        out: list[EmbedResult | None] = [None] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: -min(len(encoded[i]), requests[i].max_tokens))
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            for i, res in zip(idx, self._embed_batch([requests[i] for i in idx], [encoded[i] for i in idx]),
+                              strict=True):
+                out[i] = res
+                if on_result is not None:
+                    on_result(i, res)
+        return [r for r in out if r is not None]
+
+    @torch.inference_mode()
+    def _embed_batch(self, batch: list[EmbedRequest], encoded: list[list[int]]) -> list[EmbedResult]:
+        ids = [e[:r.max_tokens] for r, e in zip(batch, encoded, strict=True)]
+        width = max(len(x) for x in ids)
+        # Left-padded with explicit positions (as _score_batch): every row's last token is the last column.
+        tokens = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, x in enumerate(ids):
+            tokens[row, width - len(x):] = torch.tensor(x)
+            mask[row, width - len(x):] = 1
+        kwargs: dict[str, Any] = {"input_ids": tokens.to(self.device), "attention_mask": mask.to(self.device),
+                                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+                                  "output_hidden_states": True}
+        if self._takes_logits_to_keep():
+            kwargs["logits_to_keep"] = 1  # only the hidden states are wanted; skip the vocabulary projection
+        try:
+            hidden = self.model(**kwargs).hidden_states
+        except torch.OutOfMemoryError as exc:
+            return [EmbedResult(id=r.id, error=f"out of memory: {exc}".splitlines()[0]) for r in batch]
+        results = []
+        for row, (r, x, full) in enumerate(zip(batch, ids, encoded, strict=True)):
+            states = hidden[r.layer][row, width - len(x):].float()
+            vec = states.mean(dim=0) if r.pooling == "mean" else states[-1]
+            results.append(EmbedResult(id=r.id, vector=vec.cpu().numpy().astype("<f4").tobytes(), n_tokens=len(x),
+                                       truncated=len(full) > len(x)))
         return results
 
     def _takes_logits_to_keep(self) -> bool:

@@ -37,6 +37,7 @@ REGISTRY: dict[str, Any] = {
     "probe_math": "harness.tasks.probes:ProbeMath",
     "probe_code": "harness.tasks.probes:ProbeCode",
     "probe_general": "harness.tasks.probes:ProbeGeneral",
+    "representations": "harness.tasks.representations:Representations",
 }
 
 # --suite names for several tasks at once. ``all`` is every registered task except those that

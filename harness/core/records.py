@@ -302,3 +302,70 @@ def sha256_json(obj: Any) -> str:
     """Stable hash of a JSON-serialisable object (sorted keys, no whitespace)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# -- embedding requests (hidden-state vectors, for representation analysis) ----------------------
+
+Pooling = Literal["mean", "last"]
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """One vector for ``text`` (raw, tokenised as a raw prompt): the hidden state of ``layer``
+    (HF's ``output_hidden_states`` index: 0 the embeddings, -1 the last layer) pooled over
+    the first ``max_tokens`` tokens, by their mean or as the last token's state."""
+
+    id: str
+    text: str
+    layer: int = -1
+    pooling: Pooling = "mean"
+    max_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        if not self.text:
+            raise ValueError(f"request {self.id}: the text is empty (nothing to embed)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EmbedRequest:
+        return cls(**{k: d[k] for k in ("id", "text", "layer", "pooling", "max_tokens") if k in d})
+
+    def key(self) -> str:
+        payload = self.to_dict()
+        payload.pop("id")
+        return sha256_json({"embed": payload})
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """``vector``: the pooled hidden state as little-endian float32 bytes (journaled as base64,
+    so a resumed run reads back exactly the numbers a fresh one computed); ``n_tokens`` pooled,
+    ``truncated`` when the text had more than the request's ``max_tokens``."""
+
+    id: str
+    vector: bytes | None = None
+    n_tokens: int | None = None
+    truncated: bool = False
+    error: str | None = None
+
+    @property
+    def dim(self) -> int:
+        return 0 if self.vector is None else len(self.vector) // 4
+
+    def to_dict(self) -> dict[str, Any]:
+        import base64
+        vec = None if self.vector is None else base64.b64encode(self.vector).decode("ascii")
+        return {"id": self.id, "vector_f32_b64": vec, "dim": self.dim, "n_tokens": self.n_tokens,
+                "truncated": self.truncated, "error": self.error}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EmbedResult:
+        import base64
+        raw = d.get("vector_f32_b64")
+        return cls(id=d["id"], vector=None if raw is None else base64.b64decode(raw), n_tokens=d.get("n_tokens"),
+                   truncated=bool(d.get("truncated")), error=d.get("error"))
+
+
+OnEmbed = Callable[[int, EmbedResult], None]

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 from harness.core.errors import EngineError, UsageError
 from harness.core.journal import Journal
-from harness.core.records import Completion, Example, LoglikelihoodResult, Task, sha256_json
+from harness.core.records import Completion, EmbedResult, Example, LoglikelihoodResult, Task, sha256_json
 
 log = logging.getLogger("harness")
 
@@ -167,10 +167,18 @@ JUDGMENT = GENERATION  # a judge is just another generator; its records have the
 # ``run_pass(lambda: adapter.loglikelihood, requests, journal, identity, LOGLIKELIHOOD, ...)``
 LOGLIKELIHOOD = PassSpec(field="loglikelihood", decode=LoglikelihoodResult.from_dict, missing=_no_score)
 
+def _no_vector(request_id: str) -> EmbedResult:
+    return EmbedResult(id=request_id, error="no vector")
+
+
+# ``adapter.embed``: one pooled hidden-state vector per text (tasks/representations.py)
+EMBEDDING = PassSpec(field="embedding", decode=EmbedResult.from_dict, missing=_no_vector)
+
 # The pass behind each request kind a task may declare (``request_kind``; tasks that declare none
 # generate): the journal's file suffix (``<task>.<suffix>.jsonl``) and the record spec.
 PASSES: dict[str, tuple[str, PassSpec]] = {"generate": ("generations", GENERATION),
-                                           "loglikelihood": ("loglikelihood", LOGLIKELIHOOD)}
+                                           "loglikelihood": ("loglikelihood", LOGLIKELIHOOD),
+                                           "embed": ("embeddings", EMBEDDING)}
 
 
 def request_kind(task: Task) -> str:
@@ -215,6 +223,8 @@ class LazyAdapter:
 
     def call_for(self, kind: str) -> Callable[[], Call]:
         """The engine entry point of a request kind (``PASSES``), as a factory for ``run_pass``."""
+        if kind == "embed":
+            return lambda: self.get().embed
         return self.loglikelihood_call if kind == "loglikelihood" else self.generate_call
 
     def describe(self) -> dict[str, Any]:

@@ -195,6 +195,7 @@ def _plan(cfg: RunConfig, connect: Connect) -> Plan:
     chat_template = _read_chat_template(cfg.chat_template)
     tasks = build_tasks(cfg.suites, cfg.task_options, cfg.shared)
     _check_scorable(cfg.model, tasks)
+    _check_embeddable(cfg.model, tasks)
     examples = {t.name: t.load(cfg.shared.limit) for t in tasks}  # bad data fails here, before the model
     model = connect(cfg.model, "model", chat_template=chat_template, concurrency=cfg.concurrency,
                     needs_chat=any(t.needs_chat for t in tasks))
@@ -300,6 +301,23 @@ def _check_scorable(model: ModelSpec, tasks: list[Task]) -> None:
         raise UsageError(f"{', '.join(chat)} scores chat contexts, which an OpenAI-compatible endpoint cannot (its "
                          "completions API scores raw text only); score them with --model hf:PATH or vllm:PATH, or "
                          "leave them out of --suite (probe_code scores raw text and works here)")
+
+
+def _check_embeddable(model: ModelSpec, tasks: list[Task]) -> None:
+    """Hidden-state vectors (``request_kind = "embed"``) come from the HF engine only: refused up front elsewhere."""
+    embed = [t.name for t in tasks if getattr(t, "request_kind", "generate") == "embed"]
+    if not embed:
+        return
+    from harness.adapters import resolve_kind
+
+    kind = resolve_kind(model)
+    if kind == "openai":
+        raise UsageError(f"{', '.join(embed)} needs the model's hidden states, which an OpenAI-compatible endpoint "
+                         "does not return; run it with --model hf:PATH (the same checkpoint, local)")
+    if kind == "vllm":
+        raise UsageError(f"{', '.join(embed)} needs a chosen layer's hidden states, which vLLM's generation engine "
+                         "does not return (its pooling runner gives the last layer only, in another engine); run "
+                         "it with --model hf:PATH")
 
 
 def _judge_spec(cfg: RunConfig, tasks: list[Task]) -> ModelSpec | None:

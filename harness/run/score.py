@@ -82,8 +82,9 @@ def collect_generations(task: Task, examples: Sequence[Example], run_dir: Path,
             found = journaled(journal, reqs, pass_keys(identity, reqs), spec)
             missing = sum(c is None for c in found)
             if missing:
-                what, stage = ("completion", "generating") if spec.field == "completion" else \
-                    ("log-likelihood", "scoring log-likelihoods")
+                what, stage = {"completion": ("completion", "generating"),
+                               "embedding": ("vector", "embedding")}.get(
+                    spec.field, ("log-likelihood", "scoring log-likelihoods"))
                 raise UsageError(f"{run_dir}: {missing} of {len(reqs)} {task.name} requests have no journaled "
                                  f"{what} (the run did not finish {stage}); rerun `harness run` with the "
                                  "same options to finish it, then score")
