@@ -37,6 +37,8 @@ REGISTRY: dict[str, Any] = {
     "probe_math": "harness.tasks.probes:ProbeMath",
     "probe_code": "harness.tasks.probes:ProbeCode",
     "probe_general": "harness.tasks.probes:ProbeGeneral",
+    # a family: --suite lm_eval:TASK runs any lm-evaluation-harness task or group (tasks/lm_eval.py)
+    "lm_eval": "harness.tasks.lm_eval:LmEval",
     "representations": "harness.tasks.representations:Representations",
 }
 
@@ -74,6 +76,9 @@ _entry_points_loaded: list[bool] = []
 
 @cache
 def task_class(name: str) -> type:
+    family, sep, member = name.partition(":")
+    if sep:  # "lm_eval:arc_easy": a member of a family task, built by the family's class
+        return task_class(family).for_task(member)
     target = _registry()[name]
     if not isinstance(target, str):
         return target
@@ -113,6 +118,9 @@ def resolve_suites(text: str) -> tuple[str, ...]:
         elif part in GROUPS:
             out.extend(GROUPS[part])
         elif part in known:
+            out.append(part)
+        elif part.partition(":")[0] in known and hasattr(task_class(part.partition(":")[0]), "for_task"):
+            task_class(part)  # the member's name is checked here
             out.append(part)
         else:
             raise UsageError(f"unknown suite {part!r}; choose from: {choices}")
@@ -156,7 +164,8 @@ def describe_tasks() -> str:
 def options_from_flags(args: argparse.Namespace, suites: Sequence[str]) -> dict[str, Options]:
     """Each suite's options from parsed flags; a flag of a task the run leaves out has no effect, so it is refused."""
     for name, cls in options_classes().items():
-        given = [s.flag for s in specs(cls) if name not in suites and getattr(args, s.dest, None) is not None]
+        runs = name in suites or any(s.startswith(f"{name}:") for s in suites)  # a family runs through its members
+        given = [s.flag for s in specs(cls) if not runs and getattr(args, s.dest, None) is not None]
         if given:
             what = "is an option" if len(given) == 1 else "are options"
             raise UsageError(f"{', '.join(given)} {what} of {name}, which --suite {','.join(suites)} does not run; "

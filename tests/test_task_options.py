@@ -35,10 +35,11 @@ def test_every_task_declares_what_it_needs() -> None:
         assert cls.default_max_drop >= 0
     assert (MTBench.needs_judge, HumanEval.needs_code_execution, GSM8K.needs_code_execution) == (True, True, False)
     from harness.tasks.probes import GeneralOptions, NoOptions
+    from harness.tasks.lm_eval import LmEvalOptions
     from harness.tasks.representations import RepresentationOptions
     assert options_classes() == {"gsm8k": GSM8KOptions, "humaneval": HumanEvalOptions, "mt_bench": MTBenchOptions,
                                  "probe_math": NoOptions, "probe_code": NoOptions, "probe_general": GeneralOptions,
-                                 "representations": RepresentationOptions}
+                                 "lm_eval": LmEvalOptions, "representations": RepresentationOptions}
 
 
 def test_run_help_shows_one_group_per_task(capsys) -> None:
