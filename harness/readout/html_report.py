@@ -38,6 +38,8 @@ def to_html(report: Report, out: Path) -> str:
     if comp:
         parts += [f"<h2>Compared with baseline <code>{html.escape(report.baseline.label)}</code></h2>",
                   _table(comparison_header(report), [[(c, "") for c in r] for r in comp])]
+    from harness.readout.representations import html_parts
+    parts += html_parts(report)  # the representation numbers, when runs carry vectors
     if report.plots:
         parts.append("<h2>Plots</h2>")
         parts += [_img(Path(out) / name) for name in report.plots]

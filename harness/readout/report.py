@@ -54,6 +54,7 @@ def write_run_report(run_dir: Path) -> str:
     """Write ``run_dir/report.md`` (the standard table for this one run) and return the markdown."""
     run_dir = Path(run_dir)
     report = build_report([load_run(run_dir)], None, 0.05)
+    report = replace(report, plots=tuple(_representation_maps(report, run_dir)))
     text = to_markdown(report)
     (run_dir / "report.md").write_text(text, encoding="utf-8")
     return text
@@ -74,6 +75,7 @@ def write_report(run_dirs: list[Path], out: Path, baseline: Path | None = None, 
     if plots:
         from harness.readout.plots import write_plots
         report = replace(report, plots=tuple(write_plots(report, out)))
+        report = replace(report, plots=(*report.plots, *_representation_maps(report, out)))
     text = to_markdown(report)
     writers = {"md": lambda: text, "csv": lambda: to_csv(report), "json": lambda: to_json(report),
                "html": lambda: _html(report, out)}
@@ -97,6 +99,16 @@ def main_report(args: argparse.Namespace) -> int:
     print(write_report([Path(d) for d in args.runs], Path(args.out), baseline, formats,
                        plots=not args.no_plots, alpha=args.alpha))
     return 0
+
+
+def _representation_maps(report: Report, out: Path) -> list[str]:
+    from harness.readout.representations import write_maps
+    return write_maps(report, out)
+
+
+def _representation_lines(report: Report) -> list[str]:
+    from harness.readout.representations import markdown_lines
+    return markdown_lines(report)
 
 
 def _html(report: Report, out: Path) -> str:
@@ -125,6 +137,7 @@ def to_markdown(report: Report) -> str:
     if comp:
         parts += ["", f"## Compared with baseline {md_code(report.baseline.label)}", "",
                   md_table(comparison_header(report), comp)]
+    parts += _representation_lines(report)
     if report.plots:
         parts += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report.plots]
     return "\n".join(parts) + "\n"

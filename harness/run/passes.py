@@ -167,6 +167,7 @@ JUDGMENT = GENERATION  # a judge is just another generator; its records have the
 # ``run_pass(lambda: adapter.loglikelihood, requests, journal, identity, LOGLIKELIHOOD, ...)``
 LOGLIKELIHOOD = PassSpec(field="loglikelihood", decode=LoglikelihoodResult.from_dict, missing=_no_score)
 
+
 def _no_vector(request_id: str) -> EmbedResult:
     return EmbedResult(id=request_id, error="no vector")
 
