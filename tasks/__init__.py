@@ -37,7 +37,6 @@ REGISTRY: dict[str, Any] = {
     "probe_math": "harness.tasks.probes:ProbeMath",
     "probe_code": "harness.tasks.probes:ProbeCode",
     "probe_general": "harness.tasks.probes:ProbeGeneral",
-    "representations": "harness.tasks.representations:Representations",
     # a family: --suite lm_eval:TASK runs any lm-evaluation-harness task or group (tasks/lm_eval.py)
     "lm_eval": "harness.tasks.lm_eval:LmEval",
     "representations": "harness.tasks.representations:Representations",
