@@ -56,6 +56,8 @@ class SourceSpec:
     # "classifier" (harness.train.classify: code or maths content), "keywords" or "none";
     # None keeps the old meaning: the keyword rule when filter_keywords is given
     filter: str | None = None
+    # examples set aside (by content hash, before count/fraction) as the source's held-out probe
+    holdout: int = 0
 
     @property
     def filter_rule(self) -> str:
@@ -71,6 +73,7 @@ class SourceStats:
     kept: int = 0
     filter: str = "none"
     filter_labels: dict[str, int] = field(default_factory=dict)  # label or keyword -> removed count
+    held_out: int = 0  # set aside for the held-out probe, never trained on
 
 
 # -- subsampling and filtering ------------------------------------------------------------------
@@ -137,7 +140,17 @@ def keyword_filter(convs: Sequence[Conversation], keywords: Sequence[str]) -> tu
 
 
 def load_source(spec: SourceSpec, base_dir: Path | None = None) -> tuple[list[Conversation], SourceStats]:
-    """Read, convert, filter, then subsample one source."""
+    """Read, convert, filter, hold out, then subsample one source (the held-out examples are dropped)."""
+    convs, _held, stats = load_source_split(spec, base_dir)
+    return convs, stats
+
+
+def load_source_split(spec: SourceSpec, base_dir: Path | None = None) -> tuple[list[Conversation],
+                                                                               list[Conversation], SourceStats]:
+    """(training examples, held-out examples, stats): ``spec.holdout`` examples are set aside by content hash
+    (harness.train.holdout) before the count or fraction is drawn from the rest."""
+    from harness.train.holdout import split_holdout
+
     path = spec.path
     if base_dir is not None and not Path(path).is_absolute() and (base_dir / path).exists():
         path = str(base_dir / path)
@@ -145,6 +158,7 @@ def load_source(spec: SourceSpec, base_dir: Path | None = None) -> tuple[list[Co
     convs, dropped = convert(records, spec.format, spec.name)
     convs, removed = filter_conversations(convs, spec.filter_rule, spec.filter_keywords)
     labels = Counter(label for r in removed for label in r.labels)
+    convs, held = split_holdout(convs, spec.holdout)
     convs = subsample(convs, fraction=spec.fraction, count=spec.count, seed=spec.seed)
-    return convs, SourceStats(spec.name, len(records), dict(dropped), len(removed), len(convs), spec.filter_rule,
-                              dict(labels))
+    return convs, held, SourceStats(spec.name, len(records), dict(dropped), len(removed), len(convs),
+                                    spec.filter_rule, dict(labels), len(held))

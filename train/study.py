@@ -73,20 +73,27 @@ class GridPoint:
 
 
 def load_sources(study: Study) -> dict[str, list[Conversation]]:
-    """Every source's conversations; a source left with no example is refused before any training."""
-    from harness.train.data import load_source
+    """Every source's training conversations (held-out ones set aside); an empty source is refused."""
+    return load_split(study)[0]
 
-    out = {}
+
+def load_split(study: Study) -> tuple[dict[str, list[Conversation]], dict[str, list[Conversation]]]:
+    """(training conversations, held-out conversations) per source; a source left with no example to
+    train on is refused before any training."""
+    from harness.train.data import load_source_split
+
+    out, held = {}, {}
     for spec in study.sources:
-        convs, st = load_source(spec)
-        log.info("source %s: %d records, %d kept, dropped %s, filter %s removed %d%s", st.name, st.records,
-                 st.kept, st.dropped or "none", st.filter, st.filtered, f" {st.filter_labels}" if st.filtered else "")
+        convs, held[spec.name], st = load_source_split(spec)
+        log.info("source %s: %d records, %d kept, %d held out, dropped %s, filter %s removed %d%s", st.name,
+                 st.records, st.kept, st.held_out, st.dropped or "none", st.filter, st.filtered,
+                 f" {st.filter_labels}" if st.filtered else "")
         if not convs:
             raise UsageError(f"source {spec.name!r} has 0 examples left ({st.records} records, dropped "
-                             f"{st.dropped or 'none'}, {st.filtered} removed by filter {st.filter!r}); check "
-                             "its file and its filter")
+                             f"{st.dropped or 'none'}, {st.filtered} removed by filter {st.filter!r}, "
+                             f"{st.held_out} held out); check its file, its filter and its holdout")
         out[spec.name] = convs
-    return out
+    return out, {n: h for n, h in held.items() if h}
 
 
 def make_plan(study: Study, sources: dict[str, list[Conversation]]) -> list[GridPoint]:
@@ -119,10 +126,14 @@ def plan_notes(points: list[GridPoint]) -> list[str]:
     return list(dict.fromkeys(f"{p.label}: {n}" for p in points for n in p.notes))
 
 
-def print_plan(points: list[GridPoint]) -> None:
+def print_plan(points: list[GridPoint], held: dict[str, list[Conversation]] | None = None) -> None:
     for p in points:
         stages = " -> ".join(f"[{s.name}: {sum(s.counts().values())} ex, {s.sha256[:8]}]" for s in p.stages)
         print(f"{p.label:28s} {stages}")
+    if held:
+        from harness.train.holdout import task_name
+        print("held out (never trained on): " + ", ".join(f"{n} {len(h)} ex -> {task_name(n)}"
+                                                            for n, h in held.items()))
     for note in plan_notes(points):
         print(f"note: {note}")
 
@@ -149,6 +160,20 @@ def resolve_base(study: Study) -> Any:
     else:
         check_model_target(ModelSpec("hf", target), flag="base_model")
     return BaseModel(str(Path(target).expanduser().resolve()), fingerprint_checkpoint(Path(target).expanduser()))
+
+
+def with_holdout_files(study: Study, held: dict[str, list[Conversation]]) -> Study:
+    """Write each source's held-out examples into the study folder; the study's held-out probes read them."""
+    from dataclasses import replace
+
+    from harness.train.holdout import probe_class, write_holdout
+
+    tasks = dict(study.eval.tasks)
+    for name, convs in held.items():
+        path = (study.out / "holdout" / f"{name}.jsonl").resolve()
+        cls = probe_class(name)
+        tasks[cls.name] = cls.Options(data=str(path), data_sha256=write_holdout(convs, path))
+    return replace(study, eval=replace(study.eval, tasks=tasks)) if held else study
 
 
 def train_all(study: Study, points: list[GridPoint], base: Any) -> dict[str, list[Any]]:
@@ -255,14 +280,16 @@ def run_study(study: Study, dry_run: bool = False, train_only: bool = False) -> 
     t0 = time.monotonic()
     if not train_only:
         run_config(study, "plan-check", {"label": "check"})  # a bad judge or task option fails now, not after training
-    points = make_plan(study, load_sources(study))
-    log.info("plan: %d grid points, %d stages (%.1f s)", len(points), sum(len(p.stages) for p in points),
-             time.monotonic() - t0)
+    sources, held = load_split(study)
+    points = make_plan(study, sources)
+    log.info("plan: %d grid points, %d stages, %d held-out examples (%.1f s)", len(points),
+             sum(len(p.stages) for p in points), sum(map(len, held.values())), time.monotonic() - t0)
     for note in plan_notes(points):
         log.warning("plan: %s", note)
     if dry_run:
-        print_plan(points)
+        print_plan(points, held)
         return StudyOutcome(0, 0, ())
+    study = with_holdout_files(study, held)
     base = resolve_base(study)
     ckpts = train_all(study, points, base)
     trained = sum(r.trained for rs in ckpts.values() for r in rs)

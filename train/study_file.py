@@ -22,13 +22,16 @@ from harness.core.errors import UsageError
 from harness.train import schema as S
 from harness.train.classify import check_filter
 from harness.train.data import FORMATS, SourceSpec
+from harness.train.holdout import DEFAULT as HOLDOUT_DEFAULT
+from harness.train.holdout import SUITE as HOLDOUT_SUITE
 from harness.train.strategies import PAPER_ORDER, REGISTRY, named_sources
 
 # Every key of every table with its type (harness.train.schema): a study is checked before any work.
 TOP = {"name": S.PLAIN_NAME, "base_model": S.STR, "out": S.STR, "seed": S.int_at_least(0), "sources": S.TABLE,
        "grid": S.TABLE, "train": S.TABLE, "eval": S.TABLE, "report": S.TABLE}
 SOURCE = {"path": S.STR, "format": S.one_of(*FORMATS), "split": S.STR, "fraction": S.number_in(0, 1, low_open=True),
-          "count": S.int_at_least(1), "filter_keywords": S.list_of(S.STR), "filter": S.STR}
+          "count": S.int_at_least(1), "filter_keywords": S.list_of(S.STR), "filter": S.STR,
+          "holdout": S.int_at_least(0)}
 _STAGES = S.list_of(S.list_of(S.STR, nonempty=True), nonempty=True)
 GRID = {"strategies": S.list_of(S.STR, nonempty=True), "order": S.list_of(S.STR, nonempty=True), "general": S.STR,
         "k": S.list_of(S.RATIO, nonempty=True), "fractions": S.list_of(S.RATIO, nonempty=True),
@@ -89,20 +92,30 @@ def parse_study(data: dict[str, Any], base_dir: Path, out: str | None = None) ->
         if key not in data:
             raise UsageError(f"study: missing required key {key!r} (see train/examples/tiny_cpu.toml)")
     seed = data.get("seed", 1234)
-    sources = tuple(_parse_source(n, t, base_dir, seed) for n, t in data["sources"].items())
+    wants = _wants_holdout(data["eval"])
+    sources = tuple(_parse_source(n, t, base_dir, seed, wants) for n, t in data["sources"].items())
     if not sources:
         raise UsageError("[sources] defines no source; add e.g. [sources.math] path = \"gsm8k.jsonl\" format = \"gsm8k\"")
     grid = _parse_grid(data.get("grid", {}), [s.name for s in sources])
     name = data["name"]
     return Study(name=name, base_model=data["base_model"],
                  out=Path(out or data.get("out") or f"studies/{name}"), seed=seed, sources=sources, grid=grid,
-                 train=_parse_train(data.get("train", {}), seed), eval=_parse_eval(data["eval"], seed),
+                 train=_parse_train(data.get("train", {}), seed), eval=_parse_eval(data["eval"], seed, sources),
                  report=_parse_report(data.get("report", {}), base_dir))
 
 
-def _parse_source(name: str, t: Any, base_dir: Path, seed: int) -> SourceSpec:
+def _wants_holdout(t: Any) -> bool:
+    """Whether [eval] suites names the held-out probes (harness.train.holdout)."""
+    suites = t.get("suites") if isinstance(t, dict) else None
+    return isinstance(suites, list) and HOLDOUT_SUITE in suites
+
+
+def _parse_source(name: str, t: Any, base_dir: Path, seed: int, holdout: bool = False) -> SourceSpec:
     where = f"[sources.{name}]"
     t = S.check_table(t, SOURCE, where)
+    if "holdout" in t and not holdout:
+        raise UsageError(f"{where} holdout: the study scores no held-out probe; add \"{HOLDOUT_SUITE}\" to [eval] "
+                         "suites, or drop the key")
     if "path" not in t or "format" not in t:
         raise UsageError(f"{where}: needs path and format (one of {', '.join(FORMATS)})")
     if "fraction" in t and "count" in t:
@@ -117,7 +130,8 @@ def _parse_source(name: str, t: Any, base_dir: Path, seed: int) -> SourceSpec:
     return SourceSpec(name=name, path=path, format=t["format"], split=t.get("split", "train"),
                       fraction=t.get("fraction"), count=t.get("count"),
                       filter_keywords=tuple(t.get("filter_keywords", ())), seed=seed,
-                      filter=check_filter(t.get("filter"), t.get("filter_keywords", ()), where))
+                      filter=check_filter(t.get("filter"), t.get("filter_keywords", ()), where),
+                      holdout=t.get("holdout", HOLDOUT_DEFAULT) if holdout else 0)
 
 
 def _ratios(values: list[Any], key: str, low_open: bool) -> list[float]:
@@ -188,7 +202,7 @@ def _parse_train(t: Any, seed: int) -> Any:
     return cfg
 
 
-def _parse_eval(t: Any, seed: int) -> EvalSpec:
+def _parse_eval(t: Any, seed: int, sources: tuple[SourceSpec, ...] = ()) -> EvalSpec:
     """[eval] and its task tables, checked by building the tasks: a bad task option or a missing
     opt-in fails here, before any data is loaded or any step is trained."""
     from harness.core.options import SharedOptions, from_table, specs
@@ -208,12 +222,26 @@ def _parse_eval(t: Any, seed: int) -> EvalSpec:
     suites = t.pop("suites", None)
     if suites is None:
         raise UsageError("[eval] needs suites, e.g. suites = [\"gsm8k\"]")
-    suites = resolve_suites(",".join(suites))
+    suites = resolve_suites(",".join(_expand_holdout(suites, sources)))
     options = {n: from_table(options_classes()[n], table, f"[eval.{n}]") for n, table in task_tables.items()}
     others = ", ".join(f'"{n}"' for n in suites if n != "humaneval")
     build_tasks(suites, options, shared, opt_in="set allow_code_execution = true in [eval]",
                 leave_out=f"suites = [{others}]" if others else "another suite")
     return EvalSpec(suites=suites, shared=shared, tasks=options, **t)
+
+
+def _expand_holdout(suites: list[str], sources: tuple[SourceSpec, ...]) -> list[str]:
+    """``"holdout"`` -> one ``holdout_<source>`` task per source that holds examples out (registered here)."""
+    from harness.train.holdout import probe_class
+
+    if HOLDOUT_SUITE not in suites:
+        return suites
+    names = [probe_class(s.name).name for s in sources if s.holdout]
+    if not names:
+        raise UsageError(f"[eval] suites names \"{HOLDOUT_SUITE}\", but every source has holdout = 0; give a "
+                         "source holdout = N (default 200) or drop the suite")
+    i = suites.index(HOLDOUT_SUITE)
+    return [*suites[:i], *names, *suites[i + 1:]]
 
 
 def _parse_report(t: Any, base_dir: Path) -> dict[str, Any]:

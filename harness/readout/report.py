@@ -76,7 +76,10 @@ def write_report(run_dirs: list[Path], out: Path, baseline: Path | None = None, 
         from harness.readout.plots import write_plots
         report = replace(report, plots=tuple(write_plots(report, out)))
         report = replace(report, plots=(*report.plots, *_representation_maps(report, out)))
-    text = to_markdown(report)
+    from harness.readout.forgetting import write_forgetting  # staged study runs with probes: the curves
+    curve, curve_plots = write_forgetting(list(report.runs), out, alpha, plots)
+    report = replace(report, plots=(*report.plots, *curve_plots))
+    text = to_markdown(report) + (f"\n{curve}" if curve else "")
     writers = {"md": lambda: text, "csv": lambda: to_csv(report), "json": lambda: to_json(report),
                "html": lambda: _html(report, out)}
     for fmt in formats:
