@@ -40,15 +40,11 @@ Example: ``harness run --model smollm2-135m-instruct --suite mt_bench --judge hf
 from __future__ import annotations
 
 import hashlib
-import math
-import os
-import re
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from harness.core.errors import UsageError
 from harness.core.files import Check, parse_jsonl, read_verified
@@ -59,11 +55,28 @@ from harness.core.records import (
     LoglikelihoodRequest,
     LoglikelihoodResult,
     Message,
-    MetricSpec,
     Request,
     Result,
 )
-from harness.core.stats import mean_stderr, weighted_mean_stderr
+from harness.tasks.mt_bench_judging import (
+    FAMILIES,
+    JUDGE_TEMPERATURE,
+    LIKELIHOOD,
+    RATING_CONTINUATION,
+    RATINGS,
+    JudgeJob,
+    JudgeLabel,
+    JudgeMode,
+    family_metrics,
+    is_gpt4_judge,
+    judge_outcome,
+    likelihood_outcome,
+    metric_specs,
+    repeat_spread,
+    resolve_judge_mode,
+)
+from harness.tasks.mt_bench_judging import mean as _mean
+from harness.tasks.mt_bench_judging import parse_rating as parse_rating  # re-exported
 
 DATA_DIR = Path(__file__).parent / "data" / "mt_bench"
 DATA_FILES = ("question.jsonl", "reference_answer_gpt-4.jsonl", "judge_prompts.jsonl", "LICENSE")
@@ -73,21 +86,9 @@ TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "reasoning": 0.0, "math": 0.0, "
                "extraction": 0.0, "stem": 0.1, "humanities": 0.1}
 NEED_REF_CATS = frozenset({"math", "reasoning", "coding"})  # common.py NEED_REF_CATS
 MAX_TOKENS = 1024
-JUDGE_TEMPERATURE = 0.0  # run_judge_single: temperature=0, max_tokens=2048
 JUDGE_MAX_TOKENS = 2048  # the default of --judge-max-tokens (MTBenchOptions.judge_max_tokens)
-RATING_RE = re.compile(r"\[\[(\d+\.?\d*)\]\]")  # common.py one_score_pattern
-RATING_BACKUP_RE = re.compile(r"\[(\d+\.?\d*)\]")  # one_score_pattern_backup
 PROMPTS = {(False, 1): "single-v1", (True, 1): "single-math-v1",
            (False, 2): "single-v1-multi-turn", (True, 2): "single-math-v1-multi-turn"}
-GPT4_JUDGES = ("gpt-4", "gpt-4-0613")  # the judge of the published MT-Bench numbers
-OPENAI_API_URL = "https://api.openai.com/v1"
-# Likelihood judging scores the ten answers the prompt asks for, "Rating: [[5]]" being its own example,
-# so the shared prefix "Rating: [[" cancels in the normalisation and the ratings differ only in "k]]".
-# The closing brackets make the ten events disjoint ("[[1" is a prefix of "[[10", "[[1]]" is not).
-RATINGS = tuple(range(1, 11))
-RATING_CONTINUATION = "Rating: [[{k}]]"
-JudgeMode = Literal["auto", "likelihood", "text", "both"]
-LIKELIHOOD = "likelihood_"  # the prefix of every likelihood metric: never pooled with text ratings
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -175,125 +176,9 @@ def load_data() -> MTBenchData:
     return MTBenchData(tuple(questions), references, prompts, {n: d for n, (_, d) in raws.items()})
 
 
-# -- judging ----------------------------------------------------------------------------------------
-
-def parse_rating(text: str) -> float | None:
-    """The first ``[[N]]`` in a judgment, else the first ``[N]`` (FastChat's two patterns); None if absent."""
-    match = RATING_RE.search(text) or RATING_BACKUP_RE.search(text)
-    return float(match.group(1)) if match else None
-
-
-def judge_outcome(comp: Completion) -> dict[str, Any]:
-    """A judge completion as a journal record: a rating in 1-10, or an error saying why not."""
-    if comp.error is not None:
-        return {"rating": None, "judgment": None, "error": f"judge call failed: {comp.error}"}
-    text = comp.texts[0] if comp.texts else ""
-    rating = parse_rating(text)
-    if rating is None:
-        return {"rating": None, "judgment": text, "error": "unparsable judgment: no [[rating]] in the reply"}
-    if not 1.0 <= rating <= 10.0:
-        return {"rating": None, "judgment": text, "error": f"rating {rating:g} is outside the 1-10 scale"}
-    return {"rating": rating, "judgment": text, "error": None}
-
-
-def likelihood_outcome(results: Sequence[LoglikelihoodResult | None]) -> dict[str, Any]:
-    """Ten scored continuations (ratings 1..10, in order; None: not scored) as a record: the
-    normalised distribution and its expectation as the rating, or an error saying why there is none."""
-    failed = next((r.error for r in results if r is not None and r.error is not None), None)
-    if failed is not None or len(results) != len(RATINGS) or any(r is None for r in results):
-        why = f"judge scoring failed: {failed}" if failed else "no likelihood judgment"
-        return {"rating": None, "distribution": None, "logprobs": None, "error": why}
-    logprobs = [float(r.logprob_sum) for r in results if r is not None]
-    top = max(logprobs)
-    if not math.isfinite(top):
-        return {"rating": None, "distribution": None, "logprobs": logprobs,
-                "error": "judge scoring gave no finite log-probability for any rating"}
-    weights = [math.exp(lp - top) for lp in logprobs]  # shifted by the max: no underflow to 0/0
-    total = sum(weights)
-    distribution = [w / total for w in weights]
-    rating = sum(k * p for k, p in zip(RATINGS, distribution, strict=True))
-    return {"rating": rating, "distribution": distribution, "logprobs": logprobs, "error": None}
-
-
-def resolve_judge_mode(mode: str, spec: Any) -> str:
-    """``auto`` -> likelihood for a local judge (hf:, vllm:, an embedded alias), text for an API judge.
-
-    An API judge is never scored by likelihood: an OpenAI-compatible endpoint scores raw text only
-    (``/completions`` with echo), and the judge prompt is a chat whose template only the server knows."""
-    local = spec is not None and spec.kind != "openai"
-    if mode == "auto":
-        return "likelihood" if local else "text"
-    if mode != "text" and spec is not None and not local:
-        raise UsageError(f"--judge-mode {mode} needs a local judge (hf:PATH or vllm:PATH): {spec.kind}:{spec.target} "
-                         "is an API endpoint, which cannot score a chat prompt's continuations; use --judge-mode "
-                         "text (its default)")
-    return mode
-
-
-def is_gpt4_judge(spec: Any) -> bool:
-    """Only GPT-4 on OpenAI's own endpoint gives scores comparable to published MT-Bench numbers."""
-    if spec is None or spec.kind != "openai" or spec.target not in GPT4_JUDGES:
-        return False
-    url = (spec.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_API_URL).rstrip("/")
-    return url == OPENAI_API_URL
-
-
-@dataclass(frozen=True)
-class JudgeLabel:
-    spec: str | None  # "kind:target" of the judge, as recorded
-    comparable: bool  # GPT-4 on OpenAI's endpoint: comparable to published MT-Bench numbers
-
-
-@dataclass(frozen=True)
-class JudgeJob:
-    """One answer turn to judge: the judge prompt it is rendered into."""
-
-    example_id: str
-    turn: int  # 1 or 2
-    prompt: str  # versioned prompt name
-    messages: tuple[Message, ...]
-
-    @property
-    def base_id(self) -> str:
-        return f"{self.example_id}#judge-t{self.turn}"
-
-    def text_request(self, repeat: int, max_tokens: int) -> Request:
-        return Request(id=f"{self.base_id}-r{repeat}", messages=self.messages, max_tokens=max_tokens,
-                       temperature=JUDGE_TEMPERATURE)
-
-    def rating_requests(self) -> list[LoglikelihoodRequest]:
-        """The ten continuations whose probabilities after the judge prompt give the likelihood rating."""
-        return [LoglikelihoodRequest(id=f"{self.base_id}-p{k}", context=self.messages,
-                                     continuation=RATING_CONTINUATION.format(k=k)) for k in RATINGS]
-
-
 def _answers(comps: Sequence[Completion]) -> list[str | None]:
     # Stripped, as gen_model_answer.py stores answers; None marks a failed generation.
     return [c.texts[0].strip() if c.error is None and c.texts else None for c in comps]
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
-def metric_specs(prefix: str, primary: bool) -> tuple[MetricSpec, ...]:
-    """One family of ratings (parsed text: no prefix; likelihood: ``likelihood_``). The headline is
-    FastChat's show_result average: every valid judgment row, turns pooled. An item (question)
-    carries the mean of its judged turns and their count, so the report pools them with standard
-    errors clustered on the question. ``question_mean`` weighs each question once."""
-    p = prefix
-    return (
-        MetricSpec(f"{p}score", key=f"{p}score", kind="continuous", scale=1.0, primary=primary, unit="question",
-                   weight=f"{p}score_turns"),
-        MetricSpec(f"{p}turn1", key=f"{p}turn1", kind="continuous", scale=1.0, unit="question"),
-        MetricSpec(f"{p}turn2", key=f"{p}turn2", kind="continuous", scale=1.0, unit="question"),
-        MetricSpec(f"{p}question_mean", key=f"{p}score", kind="continuous", scale=1.0, unit="question"),
-    )
-
-
-# The families each judge mode reports, the headline's first: with both, the likelihood rating leads
-# (it exists for every judged turn; a small judge's text rating often does not).
-FAMILIES = {"text": ("",), "likelihood": (LIKELIHOOD,), "both": (LIKELIHOOD, "")}
 
 
 # -- the task ---------------------------------------------------------------------------------------
@@ -342,7 +227,8 @@ class MTBench:
         refuse (one line) a mode this judge cannot serve or repeats that would change nothing."""
         mode = resolve_judge_mode(self.judge_mode_option, spec)
         if mode == "likelihood" and self.repeats > 1:
-            raise UsageError(f"--judge-repeats {self.repeats} has no effect with --judge-mode likelihood (a "
+            why = "" if self.judge_mode_option != "auto" else f", the default for the local judge {spec.label}"
+            raise UsageError(f"--judge-repeats {self.repeats} has no effect with --judge-mode likelihood{why} (a "
                              "likelihood rating is deterministic); pass --judge-mode text or both to repeat text "
                              "judgments, or drop --judge-repeats")
         self._set_mode(mode)
@@ -519,11 +405,11 @@ class MTBench:
         out: dict[str, float] = {"n": n, "scored": sum(r.error is None for r in results),
                                  "errors": sum(r.error is not None for r in results)}
         for prefix in self.families:  # each family apart: text and likelihood ratings never share a mean
-            out |= _family_metrics(results, prefix)
+            out |= family_metrics(results, prefix, tuple(TEMPERATURE))
         out["generation_errors"] = sum(v.startswith("generation failed") for r in results
                                        for v in r.info.get("turn_errors", {}).values())
         if "" in self.families:
-            out |= _repeat_spread(results)
+            out |= repeat_spread(results)
         out["judge_comparable_to_gpt4"] = float(bool(results) and all(r.info.get("judge_comparable_to_gpt4")
                                                                       for r in results))
         return out
@@ -541,49 +427,3 @@ class MTBench:
         if LIKELIHOOD in self.families:
             out["likelihood_continuations"] = [RATING_CONTINUATION.format(k=k) for k in RATINGS]
         return out
-
-
-def _family_metrics(results: Sequence[Result], p: str) -> dict[str, float]:
-    """One rating family's headline, turns, coverage, judge errors and categories (``p``: its prefix)."""
-    out: dict[str, float] = {}
-    n = len(results)
-    scored = [r for r in results if f"{p}score" in r.scores]
-    out[f"{p}score"], out[f"{p}score_stderr"] = _pooled(scored, p)
-    for key in (f"{p}turn1", f"{p}turn2"):
-        out[key], out[f"{key}_stderr"] = mean_stderr([r.scores[key] for r in results if key in r.scores])
-    out[f"{p}question_mean"], out[f"{p}question_mean_stderr"] = mean_stderr([r.scores[f"{p}score"] for r in scored])
-    for turn in (f"{p}turn1", f"{p}turn2"):
-        judged = sum(turn in r.scores for r in results)
-        out[f"{turn}_judged"], out[f"{turn}_total"] = judged, n
-        out[f"{turn}_coverage"] = judged / n if n else math.nan
-    out[f"{p}judge_errors"] = sum(r.info.get(f"{p}judge_errors", 0) for r in results)
-    for cat in TEMPERATURE:
-        in_cat = [r for r in scored if r.info.get("category") == cat]
-        if in_cat:
-            out[f"{p}category/{cat}"] = _pooled(in_cat, p)[0]
-    return out
-
-
-def _pooled(results: Sequence[Result], p: str = "") -> tuple[float, float]:
-    """Mean over judged turns pooled (FastChat's average), SE clustered on the question."""
-    return weighted_mean_stderr([r.scores[f"{p}score"] for r in results],
-                                [r.scores.get(f"{p}score_turns", 1.0) for r in results])
-
-
-def _repeat_spread(results: Sequence[Result]) -> dict[str, float]:
-    """Spread of the text judge across repeats: mean per-turn SD, and SD of the overall score recomputed per repeat."""
-    repeats = max((r.info.get("repeats", 1) for r in results), default=1)
-    if repeats < 2:
-        return {}
-    texts = [t for r in results for k, t in r.extracted.items() if k in ("turn1", "turn2")]
-    turn_sds = [statistics.stdev(parsed) for t in texts if len(parsed := [x for x in t["ratings"] if x is not None]) >= 2]
-    per_repeat = []
-    for rep in range(repeats):  # the pooled score from this repeat's ratings alone
-        rows = [t["ratings"][rep] for t in texts if t["ratings"][rep] is not None]
-        if rows:
-            per_repeat.append(_mean(rows))
-    out = {"repeats": float(repeats), "repeat_sd_per_turn": _mean(turn_sds) if turn_sds else math.nan}
-    if len(per_repeat) >= 2:
-        out |= {"score_repeat_sd": statistics.stdev(per_repeat), "score_repeat_min": min(per_repeat),
-                "score_repeat_max": max(per_repeat)}
-    return out

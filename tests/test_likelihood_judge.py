@@ -72,6 +72,13 @@ def test_auto_mode_is_likelihood_for_local_judges_and_text_for_api_judges() -> N
             resolve_judge_mode(mode, API)
 
 
+def test_an_unknown_judge_mode_is_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["run", "--model", "openai:stub", "--base-url", "http://127.0.0.1:9/v1", "--suite", "mt_bench",
+                 "--judge", "openai:stub", "--judge-mode", "bogus", "--out", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip() == "harness: error: --judge-mode 'bogus': choose from auto, likelihood, " \
+        "text, both"
+
+
 def test_likelihood_mode_refuses_repeats_that_change_nothing() -> None:
     with pytest.raises(UsageError, match=r"^--judge-repeats 3 has no effect with --judge-mode likelihood"):
         MTBench(MTBenchOptions(judge_repeats=3)).use_judge(HF)
@@ -176,7 +183,7 @@ def _judge_in_process(task: MTBench, examples: list[Any], comps: Any, adapter: A
 def test_likelihood_rating_is_the_expectation_over_the_recorded_distribution(hf_judge, tmp_path: Path) -> None:
     task = MTBench()
     task.use_judge(HF)
-    examples = task.load(2)
+    examples = task.load(1)
     comps = answers(examples)
     results = _judge_in_process(task, examples, comps, hf_judge, tmp_path)
     direct = {r.id: r for r in hf_judge.loglikelihood(task.judge_rating_requests(examples, comps))}
@@ -197,7 +204,7 @@ def test_likelihood_rating_is_the_expectation_over_the_recorded_distribution(hf_
     agg = task.aggregate(results)
     pooled = [res.scores[f"likelihood_turn{t}"] for res in results for t in (1, 2)]
     assert agg["likelihood_score"] == pytest.approx(sum(pooled) / len(pooled))
-    assert agg["likelihood_judge_errors"] == 0 and agg["likelihood_turn2_judged"] == 2
+    assert agg["likelihood_judge_errors"] == 0 and agg["likelihood_turn2_judged"] == 1
     assert "score" not in agg and "judge_errors" not in agg  # no text family in likelihood mode
     assert task.describe()["judge_mode"] == "likelihood"
 
@@ -205,13 +212,13 @@ def test_likelihood_rating_is_the_expectation_over_the_recorded_distribution(hf_
 def test_both_modes_are_recorded_apart_never_in_one_mean(hf_judge, tmp_path: Path) -> None:
     task = MTBench(MTBenchOptions(judge_mode="both", judge_max_tokens=4))
     task.use_judge(HF)
-    examples = task.load(2)
+    examples = task.load(1)
     results = _judge_in_process(task, examples, answers(examples), hf_judge, tmp_path)
     agg = task.aggregate(results)
     # A random 4-token judge never writes [[N]]: every text judgment is an error, counted and shown,
     # while every turn still has its likelihood rating; neither family's mean sees the other's rows.
-    assert agg["judge_errors"] == 4 and math.isnan(agg["score"]) and agg["turn1_judged"] == 0
-    assert agg["likelihood_judge_errors"] == 0 and agg["likelihood_turn1_judged"] == 2
+    assert agg["judge_errors"] == 2 and math.isnan(agg["score"]) and agg["turn1_judged"] == 0
+    assert agg["likelihood_judge_errors"] == 0 and agg["likelihood_turn1_judged"] == 1
     assert math.isfinite(agg["likelihood_score"])
     assert [m.name for m in task.metrics][:1] == ["likelihood_score"] and all(r.error is None for r in results)
     assert {"turn1", "likelihood_turn1"} <= set(results[0].extracted)
@@ -248,19 +255,21 @@ def test_killed_judging_resumes_and_a_finished_run_repeats_no_judge_request(
     out = tmp_path / "runs"
     with StubServer(behaviour) as stub:
         args = ["run", "--model", "openai:stub", "--base-url", stub.url, "--suite", "mt_bench",
-                "--judge", f"hf:{judge_dir}", "--limit", "2", "--out", str(out), "--run-id", "lik"]
+                "--judge", f"hf:{judge_dir}", "--limit", "1", "--out", str(out), "--run-id", "lik"]
         assert main(args) == 130  # interrupted: finished work kept
         rd = out / "lik"
         assert len(list(read_records(rd / "mt_bench.judge_ratings.jsonl"))) == 7
         kill_after.clear()
         assert main(args) == 0
-        assert len(scored) == 40 and len(set(scored)) == 40  # the rerun scored only the other 33
+        assert len(scored) == 20 and len(set(scored)) == 20  # the rerun scored only the other 13
         summary = (rd / "summary.json").read_bytes()
         scored.clear()
         stub.reset()
         assert main(args) == 0
         assert scored == [] and stub.count() == 0  # resume: 0 judge requests, 0 model requests
     assert (rd / "summary.json").read_bytes() == summary
+    assert main(["score", str(rd)]) == 0  # offline, no judge loaded: the same mode, the same numbers
+    assert scored == [] and (rd / "summary.json").read_bytes() == summary
     metrics = json.loads(summary)["tasks"]["mt_bench"]["metrics"]
     assert math.isfinite(metrics["likelihood_score"]) and metrics["likelihood_judge_errors"] == 0
     assert metrics["judge_comparable_to_gpt4"] == 0.0

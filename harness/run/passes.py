@@ -291,7 +291,7 @@ def judge_ratings_task(task: Task, examples: Sequence[Example], completions: Map
         todo = pending(journal, reqs, judge.identity, LOGLIKELIHOOD)
         log.info("judge: %s | %d rating continuations, %d already journaled, %d to score", judge.label, len(reqs),
                  len(reqs) - todo, todo)
-        done = run_pass(lambda: judge.get().loglikelihood, reqs, journal, judge.identity, LOGLIKELIHOOD,
+        done = run_pass(judge.loglikelihood_call, reqs, journal, judge.identity, LOGLIKELIHOOD,
                         f"{task.name} judge ratings", f"judge {judge.label}")
     log.info("judge: %s %d rating continuations scored (%.1f s)", task.name, len(reqs), time.monotonic() - t0)
     return {r.id: res for r, res in zip(reqs, done, strict=True)}
