@@ -168,3 +168,12 @@ def test_staged_study_scores_held_out_probes_into_forgetting_curves(tiny, tmp_pa
     samples = [tmp_path / "study" / "runs" / Path(d).name / "holdout_math.samples.jsonl" for d in outcome.run_dirs]
     ids = [sorted(json.loads(line)["id"] for line in p.read_text().splitlines()) for p in samples]
     assert all(i == ids[0] for i in ids) and len(ids[0]) == 4
+
+
+def test_max_chars_drops_long_conversations_before_the_holdout_and_counts_them():
+    from harness.train.data import SourceSpec, load_source_split
+
+    spec = SourceSpec("math", str(EXAMPLES / "tiny_gsm8k.jsonl"), "gsm8k", max_chars=600, holdout=2)
+    train, held, stats = load_source_split(spec)
+    assert all(sum(len(m.content) for m in c.messages) <= 600 for c in [*train, *held])
+    assert stats.dropped == {"longer than max_chars 600": 40 - len(train) - len(held)} and len(held) == 2

@@ -58,6 +58,8 @@ class SourceSpec:
     filter: str | None = None
     # examples set aside (by content hash, before count/fraction) as the source's held-out probe
     holdout: int = 0
+    # drop conversations longer than this many characters (all turns): short enough to train and score on a CPU
+    max_chars: int | None = None
 
     @property
     def filter_rule(self) -> str:
@@ -140,7 +142,7 @@ def keyword_filter(convs: Sequence[Conversation], keywords: Sequence[str]) -> tu
 
 
 def load_source(spec: SourceSpec, base_dir: Path | None = None) -> tuple[list[Conversation], SourceStats]:
-    """Read, convert, filter, hold out, then subsample one source (the held-out examples are dropped)."""
+    """Read, convert, cut to max_chars, filter, hold out, then subsample one source (held-out examples dropped)."""
     convs, _held, stats = load_source_split(spec, base_dir)
     return convs, stats
 
@@ -156,6 +158,11 @@ def load_source_split(spec: SourceSpec, base_dir: Path | None = None) -> tuple[l
         path = str(base_dir / path)
     records = read_hub(path, spec.split) if is_hub(path) else read_records(path)
     convs, dropped = convert(records, spec.format, spec.name)
+    if spec.max_chars is not None:
+        short = [c for c in convs if sum(len(m.content) for m in c.messages) <= spec.max_chars]
+        if len(short) < len(convs):
+            dropped[f"longer than max_chars {spec.max_chars}"] = len(convs) - len(short)
+        convs = short
     convs, removed = filter_conversations(convs, spec.filter_rule, spec.filter_keywords)
     labels = Counter(label for r in removed for label in r.labels)
     convs, held = split_holdout(convs, spec.holdout)

@@ -31,7 +31,7 @@ TOP = {"name": S.PLAIN_NAME, "base_model": S.STR, "out": S.STR, "seed": S.int_at
        "grid": S.TABLE, "train": S.TABLE, "eval": S.TABLE, "report": S.TABLE}
 SOURCE = {"path": S.STR, "format": S.one_of(*FORMATS), "split": S.STR, "fraction": S.number_in(0, 1, low_open=True),
           "count": S.int_at_least(1), "filter_keywords": S.list_of(S.STR), "filter": S.STR,
-          "holdout": S.int_at_least(0)}
+          "holdout": S.int_at_least(0), "max_chars": S.int_at_least(1)}
 _STAGES = S.list_of(S.list_of(S.STR, nonempty=True), nonempty=True)
 GRID = {"strategies": S.list_of(S.STR, nonempty=True), "order": S.list_of(S.STR, nonempty=True), "general": S.STR,
         "k": S.list_of(S.RATIO, nonempty=True), "fractions": S.list_of(S.RATIO, nonempty=True),
@@ -131,7 +131,7 @@ def _parse_source(name: str, t: Any, base_dir: Path, seed: int, holdout: bool = 
                       fraction=t.get("fraction"), count=t.get("count"),
                       filter_keywords=tuple(t.get("filter_keywords", ())), seed=seed,
                       filter=check_filter(t.get("filter"), t.get("filter_keywords", ()), where),
-                      holdout=t.get("holdout", HOLDOUT_DEFAULT) if holdout else 0)
+                      holdout=t.get("holdout", HOLDOUT_DEFAULT) if holdout else 0, max_chars=t.get("max_chars"))
 
 
 def _ratios(values: list[Any], key: str, low_open: bool) -> list[float]:
