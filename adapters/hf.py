@@ -21,10 +21,17 @@ continuation tokenised together and split at the boundary
 (``output_hidden_states``) mean-pooled over the text's tokens, or the last
 token's, for representation analysis (``tasks/representations.py``).
 
+Generation batches (``adapters/hf_batching.py``): ``batch_size=auto`` (the
+default) sizes them once per pass from the memory left for the pass's longest
+prompt + max_tokens, and finished rows are replaced by waiting ones between
+decode steps (refill), so a batch never idles behind its longest row; the
+choice is recorded in ``describe()["generation_batches"]``.
+
 Options (``--model-args``): dtype (auto|float32|bfloat16|float16; auto is
 float32 on CPU, bfloat16 on CUDA), device (auto|cpu|cuda), batch_size
-(default 8 on CPU, 32 on CUDA), lora=PATH (a peft adapter), revision,
-trust_remote_code.
+(auto, or N: N rows per generation batch; log-likelihood and embedding
+batches are N, or 8 on CPU and 32 on CUDA under auto), lora=PATH (a peft
+adapter), revision, trust_remote_code.
 
 Example: ``harness run --model hf:/path/to/ckpt --model-args dtype=float32,batch_size=8 --suite gsm8k``
 """
@@ -41,6 +48,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from harness.adapters._template import resolve_chat_template
+from harness.adapters.hf_batching import (
+    DecodeSettings,
+    RefillDecoder,
+    Row,
+    choose_batch_size,
+    refill_supported,
+    verify_on_cuda,
+)
 from harness.adapters.tokens import ScoringInput, decode_continuation, encode_all, require_template_for_chat
 from harness.core.errors import UsageError
 from harness.core.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
@@ -66,7 +81,7 @@ class SeededSampler(LogitsProcessor):
     greedy search takes exactly the sampled token."""
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device) -> None:
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.generators = [seeded_generator(s, device) for s in seeds]  # the refill loop sets them per step
         self.temperature = temperature
         self.top_p = top_p
 
@@ -82,6 +97,10 @@ class SeededSampler(LogitsProcessor):
             token = torch.multinomial(probs[row], 1, generator=gen)
             out[row, token] = 0.0
         return out
+
+
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _sample_seed(seed: int | None, index: int) -> int:
@@ -100,7 +119,10 @@ class HFAdapter:
         self.spec, self.target = spec, target
         self.device = torch.device(_pick_device(spec.args.get("device", "auto")))
         self.dtype = _pick_dtype(spec.args.get("dtype", "auto"), self.device)
-        self.batch_size = int(spec.args.get("batch_size", 8 if self.device.type == "cpu" else 32))
+        # None: sized per generation pass (hf_batching); scoring and embedding batches keep a fixed size.
+        self.generation_batch = _parse_batch_size(spec.args.get("batch_size", "auto"))
+        self.batch_size = self.generation_batch or (8 if self.device.type == "cpu" else 32)
+        self.batch_choices: list[dict[str, Any]] = []  # one per generation pass, for describe()
         kwargs = {"revision": spec.args.get("revision"), "trust_remote_code": bool(spec.args.get("trust_remote_code"))}
         self.tokenizer = _load(AutoTokenizer.from_pretrained, target, "tokenizer", **kwargs)
         self.tokenizer.padding_side = "left"
@@ -112,13 +134,16 @@ class HFAdapter:
             self.model = _apply_lora(self.model, str(spec.args["lora"]))
         self.model.to(self.device).eval()
         self._fingerprint = _fingerprint(target, self.model)
+        self.refill = refill_supported(self.model)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "hf", "target": self.target, **self._fingerprint,
                 "chat_template_sha256": text_sha256(self.chat_template), "dtype": str(self.dtype).removeprefix("torch."),
                 "device": self.device.type, "lora": self.spec.args.get("lora"),
                 "lora_fingerprint": (fingerprint_checkpoint(Path(self.spec.args["lora"]))["fingerprint"]
-                                     if self.spec.args.get("lora") else None)}
+                                     if self.spec.args.get("lora") else None),
+                "generation_batches": {"batch_size": self.generation_batch or "auto", "refill": self.refill,
+                                       "passes": list(self.batch_choices)}}
 
     def render(self, request: Request) -> str:
         if request.prompt is not None:
@@ -128,27 +153,78 @@ class HFAdapter:
 
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Completion]:
         out: list[Completion | None] = [None] * len(requests)
-        for batch in self._plan(requests):
-            for i, comp in zip(batch, self._generate_batch([requests[i] for i in batch]), strict=True):
-                out[i] = comp
-                if on_result is not None:
-                    on_result(i, comp)
+
+        def done(i: int, comp: Completion) -> None:
+            out[i] = comp
+            if on_result is not None:
+                on_result(i, comp)
+
+        prompts = [self._prompt_ids(r) for r in requests]
+        rows = self._rows_per_batch(requests, prompts)
+        for idx in self._groups(requests, prompts):
+            if self.refill:
+                self._generate_refill(requests, prompts, idx, rows, done)
+                continue
+            per_batch = max(1, rows // max(1, requests[idx[0]].n))
+            for s in range(0, len(idx), per_batch):
+                batch = idx[s:s + per_batch]
+                for i, comp in zip(batch, self._generate_batch([requests[i] for i in batch]), strict=True):
+                    done(i, comp)
         return [c for c in out if c is not None]
 
-    def _plan(self, requests: Sequence[Request]) -> list[list[int]]:
-        """Batches of request indices with equal settings, longest prompts first."""
+    def _prompt_ids(self, request: Request) -> list[int]:
+        return self.tokenizer(self.render(request), add_special_tokens=request.prompt is not None)["input_ids"]
+
+    def _groups(self, requests: Sequence[Request], prompts: list[list[int]]) -> list[list[int]]:
+        """Request indices with equal settings, longest prompts first (length buckets)."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             sampled = r.temperature > 0
             key = (r.max_tokens, r.stop, sampled, r.temperature if sampled else 0.0, r.top_p if sampled else 1.0)
             groups.setdefault(key, []).append(i)
-        lengths = [len(self.render(r)) for r in requests]
-        batches = []
         for idx in groups.values():
-            idx.sort(key=lambda i: -lengths[i])
-            per_batch = max(1, self.batch_size // max(1, requests[idx[0]].n))
-            batches.extend(idx[s:s + per_batch] for s in range(0, len(idx), per_batch))
-        return batches
+            idx.sort(key=lambda i: -len(prompts[i]))
+        return list(groups.values())
+
+    def _rows_per_batch(self, requests: Sequence[Request], prompts: list[list[int]]) -> int:
+        """The explicit batch_size, else one automatic choice for the whole pass (recorded)."""
+        if self.generation_batch is not None or not requests:
+            return self.generation_batch or 1
+        longest = max(len(p) + r.max_tokens for p, r in zip(prompts, requests, strict=True))
+        choice = choose_batch_size(self.model.config, self.dtype, self.device, rows=sum(r.n for r in requests),
+                                   longest=longest)
+        if self.device.type == "cuda":
+            choice = verify_on_cuda(self.model, choice, self.tokenizer.pad_token_id)
+        self.batch_choices.append(choice.record())
+        log.info("hf: batch size %d for %d rows of up to %d tokens (%.1f MiB each, %d MiB free for them)",
+                 choice.batch_size, choice.rows, longest, choice.bytes_per_row / 2**20, choice.budget_bytes // 2**20)
+        return choice.batch_size
+
+    def _generate_refill(self, requests: Sequence[Request], prompts: list[list[int]], idx: list[int], rows: int,
+                         done: OnResult) -> None:
+        """One settings group through the refilling decode loop; a request completes with its last row."""
+        first = requests[idx[0]]
+        sampler = (SeededSampler([], first.temperature, first.top_p, self.device) if first.temperature > 0 else None)
+        work = [Row(i, j, prompts[i], seeded_generator(_sample_seed(requests[i].seed, j), self.device)
+                    if sampler is not None else None) for i in idx for j in range(requests[i].n)]
+        pending = {i: [w for w in work if w.request == i] for i in idx}
+        settings = DecodeSettings(first.max_tokens, frozenset(self._eos_ids()), self.tokenizer.pad_token_id,
+                                  first.stop, sampler)
+
+        def row_done(row: Row) -> None:
+            mine = pending[row.request]
+            if all(w.done for w in mine):
+                done(row.request, self._completion(requests[row.request], mine))
+
+        RefillDecoder(self.model, self.tokenizer, rows, settings).run(work, row_done)
+
+    def _completion(self, request: Request, rows: list[Row]) -> Completion:
+        errors = [w.error for w in rows if w.error]
+        if errors:
+            return Completion(id=request.id, error=errors[0])
+        finished = [self._finish(w.tokens, w.prompt, request.stop) for w in rows]
+        return Completion(id=request.id, texts=tuple(f[0] for f in finished), prompt_tokens=len(rows[0].prompt),
+                          completion_tokens=sum(f[2] for f in finished), finish_reasons=tuple(f[1] for f in finished))
 
     @torch.inference_mode()
     def _generate_batch(self, batch: list[Request]) -> list[Completion]:
@@ -183,23 +259,27 @@ class HFAdapter:
 
     def _decode(self, new: torch.Tensor, prompts_ids: list[list[int]],
                 batch: list[Request]) -> tuple[list[str], list[str], list[int]]:
+        finished = [self._finish(ids, prompt_ids, batch[0].stop)
+                    for ids, prompt_ids in zip(new.tolist(), prompts_ids, strict=True)]
+        return [f[0] for f in finished], [f[1] for f in finished], [f[2] for f in finished]
+
+    def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
-        stops = batch[0].stop
-        texts, finish, counts = [], [], []
-        for ids, prompt_ids in zip(new.tolist(), prompts_ids, strict=True):
-            cut = next((k for k, t in enumerate(ids) if t in eos_ids), None)
-            kept = ids if cut is None else ids[:cut]
-            # Decoded after the prompt: Metaspace tokenizers strip a leading space from a lone decode.
-            text = decode_continuation(self.tokenizer, prompt_ids, kept)
-            reason = "stop" if cut is not None else "length"
-            hits = [text.find(s) for s in stops if s in text]
-            if hits:
-                text, reason = text[:min(hits)], "stop"
-            texts.append(text)
-            finish.append(reason)
-            counts.append(len(kept) + (1 if cut is not None else 0))
-        return texts, finish, counts
+        return {t for t in set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+                if t is not None}
+
+    def _finish(self, ids: list[int], prompt_ids: list[int], stops: tuple[str, ...]) -> tuple[str, str, int]:
+        """(text, finish reason, tokens generated) of one row: cut at its first EOS, then its first stop string."""
+        eos_ids = self._eos_ids()
+        cut = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+        kept = ids if cut is None else ids[:cut]
+        # Decoded after the prompt: Metaspace tokenizers strip a leading space from a lone decode.
+        text = decode_continuation(self.tokenizer, prompt_ids, kept)
+        reason = "stop" if cut is not None else "length"
+        hits = [text.find(s) for s in stops if s in text]
+        if hits:
+            text, reason = text[:min(hits)], "stop"
+        return text, reason, len(kept) + (1 if cut is not None else 0)
 
     # -- log-likelihood ------------------------------------------------------------------------
 
@@ -313,6 +393,19 @@ def _pick_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--model-args device={device} but no CUDA device is available; use device=cpu")
     return device
+
+
+def _parse_batch_size(value: Any) -> int | None:
+    """``auto`` -> None (sized per pass); a positive integer as given."""
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        size = int(str(value))
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise UsageError(f"--model-args batch_size={value!r} is not a positive integer or auto")
+    return size
 
 
 def _pick_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -97,7 +97,8 @@ def metaspace_adapter(tmp_path_factory):
 
 
 def scripted_generate(adapter, new_ids: list[int]):
-    """Make the model 'generate' exactly ``new_ids`` (then EOS) after each prompt."""
+    """Make the model 'generate' exactly ``new_ids`` (then EOS) after each prompt. Scripting
+    ``model.generate`` means the static-batch path (refill off); both paths share the decoding under test."""
     import torch
 
     def generate(input_ids, attention_mask, **kw):
@@ -112,6 +113,7 @@ def test_completion_keeps_the_leading_space_a_metaspace_decoder_strips(metaspace
     tok = metaspace_adapter.tokenizer
     new = piece_ids(tok, ["▁"] * 4 + list("return") + ["▁", "x"])
     assert tok.decode(new) == "   return x"  # the tokenizer's own decode drops one space
+    monkeypatch.setattr(metaspace_adapter, "refill", False)
     monkeypatch.setattr(metaspace_adapter.model, "generate", scripted_generate(metaspace_adapter, new))
     prompt = "def f(x):\n"
     [c] = metaspace_adapter.generate([Request(id="p", prompt=prompt, max_tokens=16)])
@@ -123,6 +125,7 @@ def test_stop_strings_are_cut_after_the_joint_decode(metaspace_adapter, monkeypa
     from llama_tokenizer import piece_ids
 
     new = piece_ids(metaspace_adapter.tokenizer, ["▁"] * 4 + list("return") + ["▁", "x", "\n", "d", "e", "f"])
+    monkeypatch.setattr(metaspace_adapter, "refill", False)
     monkeypatch.setattr(metaspace_adapter.model, "generate", scripted_generate(metaspace_adapter, new))
     [c] = metaspace_adapter.generate([Request(id="p", prompt="def f(x):\n", max_tokens=16, stop=("\ndef",))])
     assert c.texts == ("    return x",) and c.finish_reasons == ("stop",)

@@ -1,0 +1,139 @@
+"""HF generation batching: the refilling decode loop gives model.generate's text at any batch size,
+the automatic batch size is computed once per pass from memory and recorded, an explicit one wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness.core.errors import UsageError
+from harness.core.models import ModelSpec
+from harness.core.records import Message, Request
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_llama: Path):
+    from harness.adapters.hf import HFAdapter
+    return HFAdapter(ModelSpec("hf", str(tiny_llama), args={"batch_size": 8}), str(tiny_llama))
+
+
+def _requests(**kw) -> list[Request]:
+    return [Request(id=str(i), messages=(Message("user", f"question {i} " * (1 + i % 4)),), **kw) for i in range(6)]
+
+
+def _generate(adapter, requests, *, refill: bool, batch: int | None):
+    saved = adapter.refill, adapter.generation_batch
+    adapter.refill, adapter.generation_batch = refill, batch
+    try:
+        return adapter.generate(requests)
+    finally:
+        adapter.refill, adapter.generation_batch = saved
+
+
+def _stops_that_end_rows_apart(adapter) -> tuple[str, ...]:
+    """Two-character stop strings taken at different offsets of the free greedy texts (no newline, so none
+    can join the prompt's trailing newline), so rows finish at different steps."""
+    free = _generate(adapter, _requests(max_tokens=8), refill=False, batch=8)
+    stops = {c.texts[0][k + 1:k + 3] for k, c in enumerate(free) if len(c.texts[0]) > k + 3}
+    return tuple(sorted(s for s in stops if "\n" not in s and s.strip()))
+
+
+def test_refill_matches_static_generate_at_every_batch_size(adapter) -> None:
+    assert adapter.refill  # a llama's cache is plain DynamicLayers: the loop is what runs by default
+    stops = _stops_that_end_rows_apart(adapter)
+    reqs = _requests(max_tokens=8, stop=stops)
+    static = _generate(adapter, reqs, refill=False, batch=8)
+    assert len({c.completion_tokens for c in static}) > 1  # rows really end at different steps
+    for batch in (1, 2, 5, None):
+        got = _generate(adapter, reqs, refill=True, batch=batch)
+        assert [c.texts for c in got] == [c.texts for c in static], batch
+        assert [c.finish_reasons for c in got] == [c.finish_reasons for c in static], batch
+        assert [c.prompt_tokens for c in got] == [c.prompt_tokens for c in static]
+
+
+def test_refill_keeps_seeded_samples(adapter) -> None:
+    reqs = [Request(id="s", messages=(Message("user", "tell a story"),), max_tokens=6, temperature=1.0, n=3, seed=7),
+            Request(id="t", messages=(Message("user", "another"),), max_tokens=6, temperature=1.0, seed=8)]
+    static = _generate(adapter, reqs, refill=False, batch=8)
+    got = _generate(adapter, reqs, refill=True, batch=2)
+    assert [c.texts for c in got] == [c.texts for c in static]
+    assert len(set(got[0].texts)) > 1
+
+
+def test_finished_rows_are_replaced_by_waiting_ones(adapter) -> None:
+    from harness.adapters.hf_batching import DecodeSettings, RefillDecoder, Row
+
+    lengths = [1, 6, 2, 6, 3, 6]  # per-row max_tokens through the row count; static pairs would take 6+6+6 steps
+    steps = []
+
+    class Counting(RefillDecoder):
+        def _step(self, *args):
+            steps.append(1)
+            return super()._step(*args)
+
+        def _advance(self, rows, chosen, on_row_done):
+            super()._advance(rows, chosen, on_row_done)
+            for row in rows:  # each row ends at its own length, as an EOS would end it
+                if not row.done and len(row.tokens) >= lengths[row.request]:
+                    row.done = True
+                    on_row_done(row)
+
+    prompt = adapter.tokenizer("hello there")["input_ids"]
+    rows = [Row(i, 0, prompt) for i in range(len(lengths))]
+    finished: list[int] = []
+    Counting(adapter.model, adapter.tokenizer, 2, DecodeSettings(6, frozenset(), adapter.tokenizer.pad_token_id)
+             ).run(rows, lambda r: finished.append(r.request))
+    assert sorted(finished) == list(range(6)) and [len(r.tokens) for r in rows] == lengths
+    assert len(steps) < 5 + 5 + 5  # the first token comes from the prefill; refill needs fewer steps
+
+
+def test_auto_batch_size_is_chosen_once_per_pass_and_recorded(tiny_llama: Path) -> None:
+    from harness.adapters.hf import HFAdapter
+
+    auto = HFAdapter(ModelSpec("hf", str(tiny_llama)), str(tiny_llama))
+    assert auto.generation_batch is None and auto.batch_size == 8  # scoring batches keep the CPU default
+    auto.generate(_requests(max_tokens=3))
+    passes = auto.describe()["generation_batches"]["passes"]
+    assert len(passes) == 1 and passes[0]["rows"] == 6 and passes[0]["batch_size"] == 6  # all fit: capped by rows
+    assert auto.describe()["generation_batches"]["batch_size"] == "auto"
+    explicit = HFAdapter(ModelSpec("hf", str(tiny_llama), args={"batch_size": "3"}), str(tiny_llama))
+    explicit.generate(_requests(max_tokens=2))
+    assert explicit.generation_batch == 3 and explicit.describe()["generation_batches"]["passes"] == []
+
+
+def test_batch_size_comes_from_kv_cache_per_token_and_the_budget() -> None:
+    from harness.adapters.hf_batching import bytes_per_row, choose_batch_size, kv_bytes_per_token
+
+    cfg = SimpleNamespace(num_attention_heads=9, num_key_value_heads=3, hidden_size=576, num_hidden_layers=30,
+                          intermediate_size=1536, vocab_size=49152)  # SmolLM2-135M
+    assert kv_bytes_per_token(cfg, torch.float32) == 2 * 30 * 3 * 64 * 4  # 46,080 bytes
+    assert kv_bytes_per_token(cfg, torch.bfloat16) == 2 * 30 * 3 * 64 * 2
+    per_row = bytes_per_row(cfg, torch.float32, 1280)
+    cpu = torch.device("cpu")
+    assert choose_batch_size(cfg, torch.float32, cpu, rows=1000, longest=1280, budget=10 * per_row).batch_size == 10
+    assert choose_batch_size(cfg, torch.float32, cpu, rows=4, longest=1280, budget=10 * per_row).batch_size == 4
+    assert choose_batch_size(cfg, torch.float32, cpu, rows=10**6, longest=8, budget=2**40).batch_size == 256
+    assert choose_batch_size(cfg, torch.float32, cpu, rows=9, longest=1280, budget=1).batch_size == 1
+
+
+def test_generation_config_processing_keeps_model_generate(adapter) -> None:
+    from harness.adapters.hf_batching import refill_supported
+
+    gen = adapter.model.generation_config
+    assert refill_supported(adapter.model)
+    gen.repetition_penalty = 1.3
+    try:
+        assert not refill_supported(adapter.model)  # the loop does not apply penalties: generate must
+    finally:
+        gen.repetition_penalty = 1.0
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "1.5"])
+def test_bad_batch_size_is_a_usage_error(tiny_llama: Path, value: str) -> None:
+    from harness.adapters.hf import _parse_batch_size
+    with pytest.raises(UsageError, match="batch_size"):
+        _parse_batch_size(value)
