@@ -93,12 +93,13 @@ def import_lm_eval() -> Any:
 
 
 @cache
-def task_manager(include: str | None, metadata: str | None) -> Any:
-    """lm-eval's task index (a few seconds to build), one per include path."""
+def task_manager(include: str | None, metadata: str | None, defaults: bool = True) -> Any:
+    """lm-eval's task index, one per include path; ``defaults``: lm-eval's own ~200 task folders too
+    (indexing those takes seconds, so a task found in the include path alone is loaded without them)."""
     import_lm_eval()
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include, metadata=parse_metadata(metadata) or None)
+    return TaskManager(include_path=include, include_defaults=defaults, metadata=parse_metadata(metadata) or None)
 
 
 def load_leaves(name: str, options: Any) -> dict[str, Any]:
@@ -107,19 +108,31 @@ def load_leaves(name: str, options: Any) -> dict[str, Any]:
         from pathlib import Path
         if not Path(options.include).exists():
             raise UsageError(f"--lm-eval-include {options.include!r} does not exist; pass a folder of task YAML files")
-    manager = task_manager(options.include, options.metadata)
+        local = task_manager(options.include, options.metadata, False)
+        if name in local.all_tasks:
+            try:
+                return _load(local, name)
+            except _NotInIndex:
+                pass  # a local group of built-in tasks, say: try again with lm-eval's own tasks indexed
+    return _load(task_manager(options.include, options.metadata), name)
+
+
+class _NotInIndex(UsageError):
+    """The task (or one a group names) is not in the index: worth retrying with lm-eval's own tasks."""
+
+
+def _load(manager: Any, name: str) -> dict[str, Any]:
     if name not in manager.all_tasks:
         near = sorted(t for t in manager.all_tasks if name.lower() in t.lower())[:8]
         hint = f" (similar: {', '.join(near)})" if near else ""
-        raise UsageError(f"lm_eval:{name} is not an lm-eval task or group{hint}; for a local YAML file pass "
+        raise _NotInIndex(f"lm_eval:{name} is not an lm-eval task or group{hint}; for a local YAML file pass "
                          "--lm-eval-include FOLDER")
     try:
         leaves = manager.load([name])["tasks"]
-    except UsageError:
-        raise
     except Exception as exc:  # datasets' many error types: offline hub, missing file, bad config
         detail = " ".join(str(exc).split())[:200]
-        raise UsageError(f"lm_eval:{name}: its data cannot be loaded ({type(exc).__name__}: {detail}); set the "
+        data = isinstance(exc, OSError | ConnectionError)  # a missing file or an unreachable hub
+        raise (UsageError if data else _NotInIndex)(f"lm_eval:{name}: its data cannot be loaded ({type(exc).__name__}: {detail}); set the "
                          "task's dataset_path: json (or parquet) with dataset_kwargs.data_files pointing at local "
                          "files (docs/lm-eval.md), or make the hub reachable") from None
     if not leaves:
