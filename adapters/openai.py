@@ -7,7 +7,12 @@ One client for models under test and for judges (MT-Bench uses this adapter):
 
 A pass is submitted at once through ``asyncio`` with at most ``concurrency``
 requests in flight. Chat requests go to ``/chat/completions``, raw-prompt
-requests (HumanEval completion mode) to ``/completions``.
+requests (HumanEval completion mode) to ``/completions``. One ``AsyncOpenAI``
+client (one pooled HTTP client, connections kept alive) serves every pass of
+an adapter; requests go through its plain ``post`` with a JSON body and the
+reply is read as JSON, which skips the SDK's per-call parameter transform and
+response models (about 13 ms of CPU a call on a loaded 2-core box, more than
+the rest of the client together) and keeps its auth, headers and errors.
 
 Retries live here and only here (the ``openai`` client's own retries are off):
 429, 408, 5xx, timeouts and connection errors are retried with exponential
@@ -99,6 +104,7 @@ class OpenAIAdapter:
         self._loop = asyncio.new_event_loop()
         self._client = openai.AsyncOpenAI(**self.endpoint.client_kwargs(), timeout=self.options.timeout,
                                           max_retries=0)
+        self._raw = _response_class(openai)
 
     def describe(self) -> dict[str, Any]:
         # Generation-relevant identity only: no key, no retry/timeout settings.
@@ -229,12 +235,29 @@ class OpenAIAdapter:
         if req.seed is not None:
             common["seed"] = req.seed
         if req.prompt is not None:
-            resp = await self._client.completions.create(prompt=req.prompt, **common)
+            path, body = "/completions", {"prompt": req.prompt, **common}
         else:
-            messages = [{"role": m.role, "content": m.content} for m in req.messages]
-            resp = await self._client.chat.completions.create(messages=messages, **common)
-        comp = _to_completion(req, resp)
+            path, body = "/chat/completions", {"messages": [{"role": m.role, "content": m.content}
+                                                            for m in req.messages], **common}
+        raw = await self._client.post(path, body=body, cast_to=self._raw)  # non-2xx raises APIStatusError
+        comp = _to_completion(req, _json_reply(raw))
         return cut_at_stops(comp, req.stop[len(sent):]) if len(sent) < len(req.stop) else comp
+
+
+def _response_class(openai: Any) -> type:
+    """The HTTP response class of the client the SDK is built on (httpx2 from openai 3, httpx before)."""
+    base = openai._base_client
+    return (getattr(base, "httpx2", None) or base.httpx).Response
+
+
+def _json_reply(raw: Any) -> dict[str, Any]:
+    try:
+        data = raw.json()
+    except ValueError as exc:
+        raise MalformedReply(f"the reply is not JSON: {str(exc)[:100]}") from None
+    if not isinstance(data, dict):
+        raise MalformedReply(f"the reply is a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _quiet_http_logs() -> None:
@@ -245,25 +268,29 @@ def _quiet_http_logs() -> None:
             logger.setLevel(logging.WARNING)
 
 
-def _to_completion(req: Request, resp: Any) -> Completion:
-    """Validate the reply's shape; a malformed one raises MalformedReply (not retried)."""
-    choices = getattr(resp, "choices", None)
-    if not isinstance(choices, list) or len(choices) != req.n:
+def _to_completion(req: Request, reply: dict[str, Any]) -> Completion:
+    """Validate the reply's shape (a JSON object); a malformed one raises MalformedReply (not retried)."""
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or len(choices) != req.n or not all(isinstance(c, dict) for c in choices):
         got = len(choices) if isinstance(choices, list) else type(choices).__name__
         raise MalformedReply(f"expected {req.n} choice(s), got {got}")
-    choices = sorted(choices, key=lambda c: getattr(c, "index", 0) or 0)
+    choices = sorted(choices, key=lambda c: c.get("index") if isinstance(c.get("index"), int) else 0)
     texts = []
     for c in choices:
-        text = getattr(c, "text", None) if req.prompt is not None else getattr(getattr(c, "message", None),
-                                                                              "content", None)
+        message = c.get("message")
+        text = c.get("text") if req.prompt is not None else message.get("content") if isinstance(message, dict) \
+            else None
         if not isinstance(text, str):
-            raise MalformedReply(f"choice {getattr(c, 'index', '?')} carries no text")
+            raise MalformedReply(f"choice {c.get('index', '?')} carries no text")
         texts.append(text)
-    usage = getattr(resp, "usage", None)
-    return Completion(id=req.id, texts=tuple(texts),
-                      prompt_tokens=getattr(usage, "prompt_tokens", None),
-                      completion_tokens=getattr(usage, "completion_tokens", None),
-                      finish_reasons=tuple(str(getattr(c, "finish_reason", None) or "") for c in choices))
+    usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
+    return Completion(id=req.id, texts=tuple(texts), prompt_tokens=_count(usage.get("prompt_tokens")),
+                      completion_tokens=_count(usage.get("completion_tokens")),
+                      finish_reasons=tuple(str(c.get("finish_reason") or "") for c in choices))
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def cut_at_stops(comp: Completion, stops: Sequence[str]) -> Completion:
