@@ -168,3 +168,13 @@ def test_a_general_file_without_user_turns_is_one_line(tmp_path) -> None:
     task = Representations(RepresentationOptions(general_data=str(path)))
     with pytest.raises(UsageError, match="holds 0 conversation"):
         task.load(2)
+
+
+def test_without_scikit_learn_the_suite_stops_before_the_model_with_the_extra_to_install(monkeypatch) -> None:
+    import sys
+
+    from harness.tasks.representations import Representations
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn raises ImportError
+    with pytest.raises(UsageError, match=r"needs scikit-learn: pip install 'sft-harness\[repr\]'"):
+        Representations().load(2)
