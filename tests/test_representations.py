@@ -29,7 +29,9 @@ def adapter(tiny_llama):
     pytest.importorskip("torch")
     from harness.adapters.hf import HFAdapter
 
-    return HFAdapter(ModelSpec("hf", str(tiny_llama), args={"batch_size": 3}), str(tiny_llama), needs_chat=False)
+    # CPU and fp32 whatever the machine: the hand computation below runs the same model on CPU tensors
+    args = {"batch_size": 3, "device": "cpu", "dtype": "float32"}
+    return HFAdapter(ModelSpec("hf", str(tiny_llama), args=args), str(tiny_llama), needs_chat=False)
 
 
 def hand_vector(adapter, text: str, layer: int, pooling: str, max_tokens: int = 512) -> np.ndarray:
