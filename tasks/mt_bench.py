@@ -40,6 +40,7 @@ Example: ``harness run --model smollm2-135m-instruct --suite mt_bench --judge hf
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -231,6 +232,10 @@ class MTBench:
             raise UsageError(f"--judge-repeats {self.repeats} has no effect with --judge-mode likelihood{why} (a "
                              "likelihood rating is deterministic); pass --judge-mode text or both to repeat text "
                              "judgments, or drop --judge-repeats")
+        if mode == "likelihood" and self.judge_max_tokens != JUDGE_MAX_TOKENS:
+            # Not refused: older quick-start commands pass it for a local judge, which now rates by likelihood.
+            logging.getLogger("harness").warning("--judge-max-tokens %d has no effect with --judge-mode likelihood "
+                                                 "(the judge generates nothing)", self.judge_max_tokens)
         self._set_mode(mode)
 
     def _set_mode(self, mode: str) -> None:

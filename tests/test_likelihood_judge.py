@@ -89,6 +89,13 @@ def test_likelihood_mode_refuses_repeats_that_change_nothing() -> None:
     assert len(task.judge_rating_requests(examples, answers(examples))) == 2 * len(RATINGS)
 
 
+def test_judge_max_tokens_with_likelihood_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    task = MTBench(MTBenchOptions(judge_max_tokens=256))
+    with caplog.at_level("WARNING", logger="harness"):
+        task.use_judge(HF)  # the old README command passes it with a local judge: still runs
+    assert task.judge_mode == "likelihood" and "--judge-max-tokens 256 has no effect" in caplog.text
+
+
 def test_the_requests_follow_the_mode() -> None:
     examples = MTBench().load(2)
     comps = answers(examples)
