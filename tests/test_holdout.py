@@ -148,6 +148,8 @@ def test_staged_study_scores_held_out_probes_into_forgetting_curves(tiny, tmp_pa
                   for rows in held.values() for r in rows}
     trained_texts = {json.dumps([[m.role, m.content] for m in c.messages], ensure_ascii=False) for c in trained}
     assert len(held_texts) == 12 and len(trained) > 0 and not held_texts & trained_texts
+    index = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert set(index["holdout"]) == {"holdout_math", "holdout_code", "holdout_general"}
 
     report = tmp_path / "study" / "report"
     md = (report / "report.md").read_text()

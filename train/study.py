@@ -309,6 +309,8 @@ def _write_index(study: Study, points: list[GridPoint], ckpts: dict[str, list[An
     write_json_atomic(study.out / "study.json", {
         "name": study.name, "base_model": study.base_model, "train": asdict(study.train),
         "notes": plan_notes(points),
+        "holdout": {t: {"data": o.data, "data_sha256": o.data_sha256} for t, o in study.eval.tasks.items()
+                    if t.startswith("holdout_")},
         "points": [{"label": p.label, "strategy": p.strategy, "k": p.k, "fraction": p.fraction, **p.meta,
                     "stages": [{"name": s.name, "counts": s.counts(), "sha256": s.sha256,
                                 "checkpoint": str(r.path)} for s, r in zip(p.stages, ckpts[p.label], strict=True)]}
