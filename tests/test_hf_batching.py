@@ -137,3 +137,25 @@ def test_bad_batch_size_is_a_usage_error(tiny_llama: Path, value: str) -> None:
     from harness.adapters.hf import _parse_batch_size
     with pytest.raises(UsageError, match="batch_size"):
         _parse_batch_size(value)
+
+
+def test_out_of_memory_fails_the_rows_in_flight_and_the_rest_go_on(adapter) -> None:
+    from harness.adapters.hf_batching import DecodeSettings, RefillDecoder, Row
+
+    class OneOOM(RefillDecoder):
+        failed = False
+
+        def _step(self, *args):
+            if not self.failed:
+                OneOOM.failed = True
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super()._step(*args)
+
+    prompt = adapter.tokenizer("hello there")["input_ids"]
+    rows = [Row(i, 0, prompt) for i in range(4)]
+    done: list[int] = []
+    OneOOM(adapter.model, adapter.tokenizer, 2, DecodeSettings(3, frozenset(), adapter.tokenizer.pad_token_id)
+           ).run(rows, lambda r: done.append(r.request))
+    assert sorted(done) == [0, 1, 2, 3]  # every row reported once
+    assert [r.error is not None for r in rows] == [True, True, False, False]
+    assert rows[0].error.startswith("out of memory") and [len(r.tokens) for r in rows[2:]] == [3, 3]
