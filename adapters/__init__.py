@@ -104,10 +104,25 @@ def build_adapter(spec: ModelSpec, *, chat_template: str | None = None, concurre
         raise UsageError(str(exc).replace("--model-args", "--judge-args")) from None
 
 
+def parse_batch_size(value: Any, flag: str = "--model-args") -> int | None:
+    """HF's ``batch_size``: ``auto`` -> None (sized per generation pass), else a positive integer."""
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        size = int(str(value))
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise UsageError(f"{flag} batch_size={value!r} is not a positive integer or auto")
+    return size
+
+
 def preflight(spec: ModelSpec, role: str = "model") -> None:
-    """Fail fast on a missing backend or an unreachable endpoint, before any work."""
+    """Fail fast on a missing backend, a bad batch size or an unreachable endpoint, before any work."""
     kind = resolve_kind(spec)
     _require(kind)
+    if kind == "hf":
+        parse_batch_size(spec.args.get("batch_size", "auto"), "--judge-args" if role == "judge" else "--model-args")
     if kind == "openai":
         from harness.adapters.openai import health_check
         health_check(spec, role)

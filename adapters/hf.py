@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
+from harness.adapters import parse_batch_size
 from harness.adapters._template import resolve_chat_template
 from harness.adapters.hf_batching import (
     DecodeSettings,
@@ -120,7 +121,7 @@ class HFAdapter:
         self.device = torch.device(_pick_device(spec.args.get("device", "auto")))
         self.dtype = _pick_dtype(spec.args.get("dtype", "auto"), self.device)
         # None: sized per generation pass (hf_batching); scoring and embedding batches keep a fixed size.
-        self.generation_batch = _parse_batch_size(spec.args.get("batch_size", "auto"))
+        self.generation_batch = parse_batch_size(spec.args.get("batch_size", "auto"))
         self.batch_size = self.generation_batch or (8 if self.device.type == "cpu" else 32)
         self.batch_choices: list[dict[str, Any]] = []  # one per generation pass, for describe()
         kwargs = {"revision": spec.args.get("revision"), "trust_remote_code": bool(spec.args.get("trust_remote_code"))}
@@ -207,7 +208,9 @@ class HFAdapter:
         sampler = (SeededSampler([], first.temperature, first.top_p, self.device) if first.temperature > 0 else None)
         work = [Row(i, j, prompts[i], seeded_generator(_sample_seed(requests[i].seed, j), self.device)
                     if sampler is not None else None) for i in idx for j in range(requests[i].n)]
-        pending = {i: [w for w in work if w.request == i] for i in idx}
+        pending: dict[int, list[Row]] = {i: [] for i in idx}
+        for w in work:
+            pending[w.request].append(w)
         settings = DecodeSettings(first.max_tokens, frozenset(self._eos_ids()), self.tokenizer.pad_token_id,
                                   first.stop, sampler)
 
@@ -393,19 +396,6 @@ def _pick_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--model-args device={device} but no CUDA device is available; use device=cpu")
     return device
-
-
-def _parse_batch_size(value: Any) -> int | None:
-    """``auto`` -> None (sized per pass); a positive integer as given."""
-    if str(value).strip().lower() == "auto":
-        return None
-    try:
-        size = int(str(value))
-    except ValueError:
-        size = 0
-    if size < 1:
-        raise UsageError(f"--model-args batch_size={value!r} is not a positive integer or auto")
-    return size
 
 
 def _pick_dtype(name: str, device: torch.device) -> torch.dtype:

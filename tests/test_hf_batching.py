@@ -133,10 +133,12 @@ def test_generation_config_processing_keeps_model_generate(adapter) -> None:
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "many", "1.5"])
-def test_bad_batch_size_is_a_usage_error(tiny_llama: Path, value: str) -> None:
-    from harness.adapters.hf import _parse_batch_size
-    with pytest.raises(UsageError, match="batch_size"):
-        _parse_batch_size(value)
+def test_bad_batch_size_is_refused_at_preflight(tiny_llama: Path, value: str) -> None:
+    from harness.adapters import preflight
+    with pytest.raises(UsageError, match=f"--model-args batch_size='{value}' is not a positive integer or auto"):
+        preflight(ModelSpec("hf", str(tiny_llama), {"batch_size": value}))  # before any model is loaded
+    with pytest.raises(UsageError, match="--judge-args batch_size"):
+        preflight(ModelSpec("hf", str(tiny_llama), {"batch_size": value}), role="judge")
 
 
 def test_out_of_memory_fails_the_rows_in_flight_and_the_rest_go_on(adapter) -> None:
