@@ -131,6 +131,10 @@ class LmEval:
             raise UsageError(f"lm_eval:{self.lm_eval_name} mixes request types ({types}); name its tasks one by "
                              "one: --suite " + ",".join(f"lm_eval:{n}" for n in self.leaves))
         self.request_kind = kinds.pop()
+        unsafe = [n for n, t in self.leaves.items() if getattr(t, "UNSAFE_CODE", False)]
+        if unsafe:  # lm-eval would exec model-written code in this process, outside any sandbox
+            raise UsageError(f"lm_eval:{self.lm_eval_name}: {', '.join(unsafe)} executes model-written code, which "
+                             "lm_eval suites do not run; use --suite humaneval (sandboxed) instead")
         for leaf in self.leaves.values():
             configure(leaf, self.options)
         self.version = f"{BRIDGE_VERSION}/" + ",".join(

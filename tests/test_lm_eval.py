@@ -139,6 +139,9 @@ def test_a_multiple_choice_group_is_scored_per_document_by_lm_evals_process_resu
     assert config["lm_eval_version"] == "0.4.13" and config["template"] == "chat"
     leaf = config["leaves"]["local_mc"]
     assert len(leaf["config_sha256"]) == len(leaf["data_sha256"]) == 64 and leaf["documents"] == 8
+    before = (run_dir / "summary.json").read_text()
+    assert main(["score", str(run_dir)]) == 0  # offline re-scoring rebuilds lm-eval's task from the record
+    assert (run_dir / "summary.json").read_text() == before
 
 
 def test_chat_contexts_are_messages_for_the_checkpoints_template_and_raw_ones_are_lm_evals_strings(
@@ -244,6 +247,7 @@ def test_report_pairs_two_checkpoints_per_document_and_check_gates_on_the_drop(t
     assert "8 documents" in row and "−100.0" in row and "p=0.008" in row  # exact McNemar: 2 * 0.5 ** 8
     assert main(["check", str(bad), "--baseline", str(good)]) == 1
     assert "REGRESSION lm_eval:local_mc acc" in capsys.readouterr().out
+    assert main(["check", str(bad), "--baseline", str(good), "--max-drop", "lm_eval:local_mc.acc=5"]) == 1
     assert main(["check", str(good), "--baseline", str(bad)]) == 0
 
 
