@@ -120,7 +120,7 @@ def verify_on_cuda(model: Any, choice: BatchChoice, pad_id: int) -> BatchChoice:
         try:
             with torch.inference_mode():
                 ids = torch.full((size, choice.longest), pad_id, dtype=torch.long, device=model.device)
-                model(input_ids=ids, logits_to_keep=1)
+                model(input_ids=ids, **({"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}))
             break
         except torch.OutOfMemoryError:
             size = max(1, size // 2)
@@ -145,7 +145,14 @@ def refill_supported(model: Any) -> bool:
     gen = model.generation_config
     if any(getattr(gen, k, default) not in (default, None) for k, default in _PROCESSING_FIELDS.items()):
         return False
+    if not _takes_logits_to_keep(model):  # the loop keeps only the last position's logits
+        return False
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    import inspect
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 @dataclass
