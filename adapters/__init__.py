@@ -15,6 +15,7 @@ import importlib.util
 import logging
 from typing import Any
 
+from harness.adapters._batch import parse_batch_size
 from harness.core.errors import UsageError
 from harness.core.models import EMBEDDED_ALIASES, ModelSpec
 
@@ -102,19 +103,6 @@ def build_adapter(spec: ModelSpec, *, chat_template: str | None = None, concurre
             raise
         # The engines word their option errors for the model under test; a judge's come from --judge-args.
         raise UsageError(str(exc).replace("--model-args", "--judge-args")) from None
-
-
-def parse_batch_size(value: Any, flag: str = "--model-args") -> int | None:
-    """HF's ``batch_size``: ``auto`` -> None (sized per generation pass), else a positive integer."""
-    if str(value).strip().lower() == "auto":
-        return None
-    try:
-        size = int(str(value))
-    except ValueError:
-        size = 0
-    if size < 1:
-        raise UsageError(f"{flag} batch_size={value!r} is not a positive integer or auto")
-    return size
 
 
 def preflight(spec: ModelSpec, role: str = "model") -> None:

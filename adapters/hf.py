@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
-from harness.adapters import parse_batch_size
+from harness.adapters._batch import parse_batch_size
 from harness.adapters._template import resolve_chat_template
 from harness.adapters.hf_batching import (
     DecodeSettings,
