@@ -15,7 +15,9 @@ interval, not two overlapping ones. It writes:
   Δ vs base [CI] (p); a negative Δ is an improvement (lower is better);
 * ``forgetting.csv``: the same numbers, one row per (strategy, ability, stage);
 * ``forgetting.png``: one panel per ability, x = stage, one line per strategy
-  with its confidence band (the shape of Dong et al. 2023's sequential-vs-DMT figure).
+  with its confidence band: the paired interval against the base model, which
+  is what tells a stage's change from noise (the per-run intervals, in the
+  tables, also hold the spread between items).
 
 A run's series is its grid point: the label the study gives the final stage
 (an earlier stage's label is that label plus ``-stage<i>``). Example::
@@ -123,7 +125,7 @@ def _delta(p: Paired | None) -> str:
     if not math.isfinite(p.low):
         return f"{p.delta:+.3f} (n={p.n})"
     mark = " *" if p.significant else ""
-    return f"{p.delta:+.3f} [{p.low:+.3f}, {p.high:+.3f}] p={fmt_p(p.p)}{mark}"
+    return f"{p.delta:+.3f} [{p.low:+.3f}, {p.high:+.3f}] {fmt_p(p.p)}{mark}"
 
 
 def to_markdown(points: list[CurvePoint], alpha: float = 0.05) -> str:
@@ -167,17 +169,27 @@ def plot(points: list[CurvePoint], path: Path) -> bool:
             line = [p for p in points if p.ability == ability and p.series == series]
             xs = [p.stage for p in line]
             drawn = ax.plot(xs, [p.value for p in line], marker="o", label=series)
-            ax.fill_between(xs, [p.low for p in line], [p.high for p in line], alpha=0.15,
-                            color=drawn[0].get_color())
+            # the paired interval vs base, drawn around the curve: the per-run intervals hold the spread
+            # between items, which pairing removes, and would hide every change a stage makes
+            lo, hi = zip(*(_paired_band(p) for p in line), strict=True)
+            ax.fill_between(xs, lo, hi, alpha=0.2, color=drawn[0].get_color())
         ax.set_title(f"{ability} (↓ lower is better)", fontsize=9)
         ax.set_xlabel("stage (0 = base)")
-        ax.set_ylabel("held-out NLL / token")
+        ax.set_ylabel("held-out NLL / token\n(band: paired CI vs base)", fontsize=8)
         ax.set_xticks(sorted({p.stage for p in points if p.ability == ability}))
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
+
+
+def _paired_band(p: CurvePoint) -> tuple[float, float]:
+    """The curve's value shifted by the paired interval of its difference from base (zero width at base)."""
+    c = p.vs_base
+    if c is None or not (math.isfinite(c.low) and math.isfinite(c.high)):
+        return p.value, p.value
+    return p.value - c.delta + c.low, p.value - c.delta + c.high
 
 
 def write_forgetting(runs: list[Run], out: Path, alpha: float = 0.05, plots: bool = True) -> tuple[str, list[str]]:
