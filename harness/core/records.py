@@ -187,10 +187,25 @@ class ScoreContext(Protocol):
 
 
 class Task(Protocol):
+    """A benchmark. Besides the methods, a task declares what it needs from the run, so the
+    runner never probes for it: its options dataclass (``Options``, a subclass of
+    ``harness.core.options.Options``; constructed as ``cls(options, shared)``), whether
+    its requests are chat (``needs_chat``: a chat template is required), whether it
+    is graded by a judge model (``needs_judge``), whether it executes model-written
+    code (``needs_code_execution``: refused without the run's opt-in, with the
+    task's ``opt_in`` message), and the CI gate's default allowed drop of its
+    primary metric in reported units (``default_max_drop``).
+    """
+
     name: str
     version: str
     turns: int  # number of generation passes (MT-Bench: 2)
     metrics: tuple[MetricSpec, ...]  # the first with primary=True is the task's headline number
+    Options: type
+    needs_chat: bool
+    needs_judge: bool
+    needs_code_execution: bool
+    default_max_drop: float
 
     def load(self, limit: int | None = None) -> list[Example]: ...
 
