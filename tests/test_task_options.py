@@ -34,10 +34,13 @@ def test_every_task_declares_what_it_needs() -> None:
         assert isinstance(cls.needs_judge, bool) and isinstance(cls.needs_code_execution, bool)
         assert cls.default_max_drop >= 0
     assert (MTBench.needs_judge, HumanEval.needs_code_execution, GSM8K.needs_code_execution) == (True, True, False)
-    from harness.tasks.probes import GeneralOptions, NoOptions
     from harness.tasks.lm_eval import LmEvalOptions
+    from harness.tasks.probes import GeneralOptions, NoOptions
     from harness.tasks.representations import RepresentationOptions
-    assert options_classes() == {"gsm8k": GSM8KOptions, "humaneval": HumanEvalOptions, "mt_bench": MTBenchOptions,
+    # a study registers its held-out probes (holdout_<source>) at run time; an earlier test may have
+    # built one in this process, so only the built-in registry is pinned here
+    built_in = {k: v for k, v in options_classes().items() if not k.startswith("holdout_")}
+    assert built_in == {"gsm8k": GSM8KOptions, "humaneval": HumanEvalOptions, "mt_bench": MTBenchOptions,
                                  "probe_math": NoOptions, "probe_code": NoOptions, "probe_general": GeneralOptions,
                                  "lm_eval": LmEvalOptions, "representations": RepresentationOptions}
 
