@@ -105,6 +105,10 @@ KEEP = {
     "greek-pi": ("Translate: Το γράμμα π είναι ελληνικό.", "The letter pi is Greek."),
     "citations": ("Summarise the search results", "Prices rose [1] + [2] + [3] in 2022."),
     "prices": ("Is the $20 plan worth it over the $10 plan?", "It adds cloud storage and two more users."),
+    # a real ShareGPT shape: before the atomic groups in the arithmetic rule this list took minutes
+    # (exponential backtracking) and then read as a product of numbers
+    "status-code-list": ("List every HTTP status code.", "Here is the list:\n\n"
+                         + "".join(f"* {n}\n" for n in range(100, 160))),
 }
 
 

@@ -170,10 +170,13 @@ def _inline_code(text: str) -> str | None:
 
 
 # -- math rules ---------------------------------------------------------------------------------
+# Atoms and operators are atomic groups: whitespace can belong to an operator or to the next atom,
+# and without (?>...) a long list such as '* 100\n* 101\n...' (no '=') backtracks exponentially.
+# Neither crosses a line break, so a bulleted list of numbers is not a product.
 
 _NUM = r"[$€£]?\d[\d,]*(?:\.\d+)?%?"
-_ATOM = rf"(?:sqrt|√)?[(|]*\s*{_NUM}(?:\s*[)|])*(?:\^\d+)?(?:\s*[)|])*"  # ((|3.209 - 2.978|) / 3.209), (1.5)^2
-_OP = r"(?:\s*(?:\\?\*|×|÷|x(?=\s)|\^)\s*|\s+[-+/]\s+|\s*[+]\s*)"
+_ATOM = rf"(?>(?:sqrt|√)?[(|]*[ \t]*{_NUM}(?:[ \t]*[)|])*(?:\^\d+)?(?:[ \t]*[)|])*)"  # ((|3.209 - 2.978|) / 3.209), (1.5)^2
+_OP = r"(?>[ \t]*(?:\\?\*|×|÷|x(?=[ \t])|\^)[ \t]*|[ \t]+[-+/][ \t]+|[ \t]*[+][ \t]*)"
 _ARITH = re.compile(
     rf"(?<![\w.:/-]){_ATOM}(?:{_OP}{_ATOM})+\s*=\s*\??\s*-?(?:{_NUM})?(?![\w/-])|"  # 17 * 23 = 391, 12 \* 12 = ?
     rf"(?<![\w.:/-]){_NUM}\s*/\s*{_NUM}\s*=\s*{_NUM}|"  # 6/36 = 1/6
