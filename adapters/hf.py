@@ -294,10 +294,15 @@ class HFAdapter:
         max_len = getattr(self.model.config, "max_position_embeddings", None)
         out, encoded = encode_all(self.tokenizer, requests, max_len, on_result)
         order = sorted(encoded, key=lambda i: -len(encoded[i].ids))
+        return self._in_batches(order, lambda idx: self._score_batch(
+            [requests[i].id for i in idx], [encoded[i] for i in idx]), out, on_result)
+
+    def _in_batches(self, order: list[int], run: Any, out: list[Any], on_result: Any) -> list[Any]:
+        """Scoring and embedding passes: ``order`` (longest first) in batches of ``batch_size``; each
+        result lands in ``out`` at its request's index and is reported as soon as its batch is done."""
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            for i, res in zip(idx, self._score_batch([requests[i].id for i in idx], [encoded[i] for i in idx]),
-                              strict=True):
+            for i, res in zip(idx, run(idx), strict=True):
                 out[i] = res
                 if on_result is not None:
                     on_result(i, res)
@@ -344,14 +349,8 @@ class HFAdapter:
         encoded = [self.tokenizer(r.text, add_special_tokens=True)["input_ids"] for r in requests]
         out: list[EmbedResult | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: -min(len(encoded[i]), requests[i].max_tokens))
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            for i, res in zip(idx, self._embed_batch([requests[i] for i in idx], [encoded[i] for i in idx]),
-                              strict=True):
-                out[i] = res
-                if on_result is not None:
-                    on_result(i, res)
-        return [r for r in out if r is not None]
+        return self._in_batches(order, lambda idx: self._embed_batch(
+            [requests[i] for i in idx], [encoded[i] for i in idx]), out, on_result)
 
     @torch.inference_mode()
     def _embed_batch(self, batch: list[EmbedRequest], encoded: list[list[int]]) -> list[EmbedResult]:
