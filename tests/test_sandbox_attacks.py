@@ -49,8 +49,16 @@ def _command(user: str) -> list[str]:
     for py in (sys.executable, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
         probe = [setpriv, *NOBODY, py, "-c", f"import subprocess, sys; subprocess.run([{py!r}, '-c', '0'], check=True)"]
         if os.path.exists(py) and subprocess.run(probe, capture_output=True, timeout=60).returncode == 0:
-            return [setpriv, *NOBODY, py]
-    pytest.skip(f"no Python {version} interpreter that the user nobody may execute")
+            break
+    else:
+        pytest.skip(f"no Python {version} interpreter that the user nobody may execute")
+    # The attack script imports the harness through this venv's site-packages (the editable install maps
+    # harness.tasks to tasks/): a venv inside a 0700 folder (mktemp -d) is invisible to `nobody`.
+    site_dir = sysconfig.get_paths()["purelib"]
+    probe = [setpriv, *NOBODY, py, "-c", f"import os, sys; sys.exit(0 if os.access({site_dir!r}, os.R_OK | os.X_OK) else 1)"]
+    if subprocess.run(probe, capture_output=True, timeout=60).returncode != 0:
+        pytest.skip(f"the user nobody cannot read {site_dir}: make the folders above the venv world-readable (chmod 755)")
+    return [setpriv, *NOBODY, py]
 
 
 @functools.cache
