@@ -42,6 +42,11 @@ REGISTRY: dict[str, Any] = {
     "representations": "harness.tasks.representations:Representations",
 }
 
+# Name prefix -> "module:function" that builds the task class for any name with that prefix: a study's
+# held-out probes ("holdout_math") exist only for the sources a study declares, so a later process
+# (`harness score` on a stage's run) rebuilds them from their name.
+PREFIXES: dict[str, str] = {"holdout_": "harness.train.holdout:class_for_task"}
+
 # --suite names for several tasks at once. ``all`` is every registered task except those that
 # declare ``in_suite_all = False`` (probe_general needs a file); name those explicitly.
 GROUPS: dict[str, tuple[str, ...]] = {"probes": ("probe_math", "probe_code")}
@@ -79,11 +84,26 @@ def task_class(name: str) -> type:
     family, sep, member = name.partition(":")
     if sep:  # "lm_eval:arc_easy": a member of a family task, built by the family's class
         return task_class(family).for_task(member)
+    if name not in _registry():
+        prefix = _prefix(name)
+        if prefix is None:
+            raise KeyError(name)
+        module, _, func = PREFIXES[prefix].partition(":")
+        return getattr(importlib.import_module(module), func)(name)
     target = _registry()[name]
     if not isinstance(target, str):
         return target
     module, _, cls = target.partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def _prefix(name: str) -> str | None:
+    return next((p for p in PREFIXES if name.startswith(p) and len(name) > len(p)), None)
+
+
+def is_task(name: str) -> bool:
+    """A registered task, or one a prefix family builds (``holdout_<source>``); not an lm_eval member."""
+    return name in _registry() or _prefix(name) is not None
 
 
 def names() -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 from test_report_synth import MT_SPECS, binary_scores, gsm8k, make_run
@@ -228,3 +230,12 @@ def test_no_power_warning_when_the_items_can_resolve_the_margin(tmp_path, capsys
     base = make_run(tmp_path, "base", gsm8k(items))
     code, out, _ = check(capsys, make_run(tmp_path, "same", gsm8k(items)), base, "--max-drop", "gsm8k=1.0")
     assert code == 0 and not any(x.startswith("warning:") for x in out.splitlines())
+
+
+def test_a_held_out_probe_keeps_its_allowed_drop_where_no_study_was_parsed():
+    """`harness check` on a study's stage runs, in a process that never parsed the study file."""
+    code = ("from harness.readout.gate import default_max_drop; from harness.tasks.probes import Probe; "
+            "assert default_max_drop('holdout_math') == Probe.default_max_drop > 0, default_max_drop('holdout_math'); "
+            "assert default_max_drop('no_such_task') == 0.0")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]

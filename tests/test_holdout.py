@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -170,6 +172,15 @@ def test_staged_study_scores_held_out_probes_into_forgetting_curves(tiny, tmp_pa
     samples = [tmp_path / "study" / "runs" / Path(d).name / "holdout_math.samples.jsonl" for d in outcome.run_dirs]
     ids = [sorted(json.loads(line)["id"] for line in p.read_text().splitlines()) for p in samples]
     assert all(i == ids[0] for i in ids) and len(ids[0]) == 4
+
+    # A new process has parsed no study: it rebuilds holdout_<source> from the name and the recorded options,
+    # so re-scoring a stage's run from its files works and changes nothing.
+    run = Path(outcome.run_dirs[-1])
+    before = (run / "summary.json").read_bytes()
+    res = subprocess.run([sys.executable, "-m", "harness", "score", str(run)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (run / "summary.json").read_bytes() == before
 
 
 def test_max_chars_drops_long_conversations_before_the_holdout_and_counts_them():

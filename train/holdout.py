@@ -94,6 +94,7 @@ class HoldoutOptions(Options):
 
     data: str | None = option(None, "held-out conversation file (messages jsonl) the study wrote")
     data_sha256: str | None = option(None, "sha256 of that file: a changed hold-out is a different task")
+    source: str | None = option(None, "the study source it was held out of (its items' id prefix)")
 
 
 class HoldoutProbe(Probe):
@@ -114,11 +115,11 @@ class HoldoutProbe(Probe):
         if want and got != want:
             raise UsageError(f"{self.name}: the held-out file {path!r} is {'missing' if got is None else 'changed'} "
                              "since the study wrote it; rerun `harness study` to write it again")
-        convs, _ = convert(read_records(path), "messages", self.source)
+        convs, _ = convert(read_records(path), "messages", self.options.source or self.source)
         return [row for row in (last_turn(c.messages, c.id) for c in convs) if row is not None]
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "data": self.options.data, "source": self.source}
+        return {**super().describe(), "data": self.options.data, "source": self.options.source or self.source}
 
 
 _CLASSES: dict[str, type[HoldoutProbe]] = {}
@@ -137,3 +138,11 @@ def probe_class(source: str) -> type[HoldoutProbe]:
                                "__doc__": f"held-out examples of the study source {source!r} (log-likelihood)"})
     register(name, _CLASSES[name])
     return _CLASSES[name]
+
+
+def class_for_task(name: str) -> type[HoldoutProbe]:
+    """The class of the task ``name`` (``holdout_<source>``), for a process that did not parse the study:
+    its source comes from the recorded options (``source``), the rest of the name before that existed."""
+    if name in _CLASSES:
+        return _CLASSES[name]
+    return probe_class(name[len(PREFIX):])

@@ -172,7 +172,7 @@ def with_holdout_files(study: Study, held: dict[str, list[Conversation]]) -> Stu
     for name, convs in held.items():
         path = (study.out / "holdout" / f"{name}.jsonl").resolve()
         cls = probe_class(name)
-        tasks[cls.name] = cls.Options(data=str(path), data_sha256=write_holdout(convs, path))
+        tasks[cls.name] = cls.Options(data=str(path), data_sha256=write_holdout(convs, path), source=name)
     return replace(study, eval=replace(study.eval, tasks=tasks)) if held else study
 
 

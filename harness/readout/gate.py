@@ -84,7 +84,7 @@ def default_max_drop(task: str) -> float:
     """The allowed drop a task declares (``Task.default_max_drop``); 0 for a task this install lacks."""
     from harness import tasks
 
-    return float(tasks.task_class(task).default_max_drop) if task in tasks.names() else 0.0
+    return float(tasks.task_class(task).default_max_drop) if tasks.is_task(task) else 0.0
 
 
 @dataclass(frozen=True)
