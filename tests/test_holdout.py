@@ -190,3 +190,34 @@ def test_max_chars_drops_long_conversations_before_the_holdout_and_counts_them()
     train, held, stats = load_source_split(spec)
     assert all(sum(len(m.content) for m in c.messages) <= 600 for c in [*train, *held])
     assert stats.dropped == {"longer than max_chars 600": 40 - len(train) - len(held)} and len(held) == 2
+
+
+def test_a_staged_study_embeds_its_own_general_source_and_reports_representations_per_stage(tiny, tmp_path,
+                                                                                           isolated_caches):
+    """Issue 14.2: the study shows the separation numbers per stage, the general ability from the study's data."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("harness.adapters.hf")
+    from harness.train.study import run_study
+
+    data = _study(holdout=None, suites=("representations",))
+    data["base_model"] = str(tiny)
+    data["train"]["max_steps"] = 1
+    data["eval"].pop("max_tokens", None)
+    data["eval"].pop("limit")
+    data["eval"]["representations"] = {"per_ability": 6, "max_tokens": 32}
+    data["grid"].update(strategies=["sequential"])
+    study = parse_study(data, EXAMPLES, out=str(tmp_path / "study"))
+    outcome = run_study(study)
+    assert outcome.evaluated == 1 + 3  # the base model and each of the three stages
+
+    general = tmp_path / "study" / "representations" / "general.jsonl"
+    written = [json.loads(line) for line in general.read_text().splitlines()]
+    assert len(written) == 6 and all(r["id"].startswith("general:") for r in written)
+    for run in outcome.run_dirs:
+        described = json.loads((Path(run) / "config.json").read_text())["tasks"]["representations"]
+        assert described["sources"]["general"] == f"{general.resolve()} (first user turns)"
+    md = (tmp_path / "study" / "report" / "report.md").read_text()
+    section = md.split("## Representations", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "general 6" in line]
+    assert len(rows) == 4, section  # one row per evaluated checkpoint, each with 6 general samples
+    assert "Paired against" in section

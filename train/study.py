@@ -176,6 +176,31 @@ def with_holdout_files(study: Study, held: dict[str, list[Conversation]]) -> Stu
     return replace(study, eval=replace(study.eval, tasks=tasks)) if held else study
 
 
+def with_representation_data(study: Study, sources: dict[str, list[Conversation]]) -> Study:
+    """A study scoring ``representations`` without ``[eval.representations] general_data`` embeds its own
+    general source (as filtered for training, held-out examples included in none): the first
+    ``per_ability`` conversations, written into the study folder so every stage embeds the same texts."""
+    from dataclasses import replace
+
+    from harness.core.files import write_jsonl_atomic
+    from harness.tasks import task_class
+
+    name = "representations"
+    general = study.grid.get("general")
+    if name not in study.eval.suites or general not in sources:
+        return study
+    opts = study.eval.tasks.get(name) or task_class(name).Options()
+    if opts.general_data:
+        return study
+    path = (study.out / name / f"{general}.jsonl").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(path, [{"id": c.id, "messages": [{"role": m.role, "content": m.content} for m in c.messages]}
+                              for c in sources[general][:opts.per_ability]])
+    log.info("representations: the general ability is the study source %r (%s)", general, path)
+    tasks = {**study.eval.tasks, name: replace(opts, general_data=str(path), general_format="messages")}
+    return replace(study, eval=replace(study.eval, tasks=tasks))
+
+
 def train_all(study: Study, points: list[GridPoint], base: Any) -> dict[str, list[Any]]:
     from harness.train.sft import train_stages
 
@@ -289,7 +314,7 @@ def run_study(study: Study, dry_run: bool = False, train_only: bool = False) -> 
     if dry_run:
         print_plan(points, held)
         return StudyOutcome(0, 0, ())
-    study = with_holdout_files(study, held)
+    study = with_representation_data(with_holdout_files(study, held), sources)
     base = resolve_base(study)
     ckpts = train_all(study, points, base)
     trained = sum(r.trained for rs in ckpts.values() for r in rs)
