@@ -57,6 +57,7 @@ from harness.adapters.hf_batching import (
     refill_supported,
     verify_on_cuda,
 )
+from harness.adapters.hf_scoring import score_shared, shared_context_groups
 from harness.adapters.tokens import ScoringInput, decode_continuation, encode_all, require_template_for_chat
 from harness.core.errors import UsageError
 from harness.core.models import ModelSpec, fingerprint_checkpoint, is_local_path, text_sha256
@@ -293,9 +294,25 @@ class HFAdapter:
         require_template_for_chat(self.tokenizer, requests, self.target)
         max_len = getattr(self.model.config, "max_position_embeddings", None)
         out, encoded = encode_all(self.tokenizer, requests, max_len, on_result)
-        order = sorted(encoded, key=lambda i: -len(encoded[i].ids))
+        # a plain DynamicCache (what the refill loop needs) is what the continuations extend
+        groups, rest = shared_context_groups(encoded) if self.refill else ([], list(encoded))
+        for group in groups:  # options of one question, a judge prompt's ratings: the context runs once
+            for i, res in zip(group, self._score_shared([requests[i].id for i in group],
+                                                        [encoded[i] for i in group]), strict=True):
+                out[i] = res
+                if on_result is not None:
+                    on_result(i, res)
+        order = sorted(rest, key=lambda i: -len(encoded[i].ids))
         return self._in_batches(order, lambda idx: self._score_batch(
             [requests[i].id for i in idx], [encoded[i] for i in idx]), out, on_result)
+
+    def _score_shared(self, ids: list[str], inputs: list[ScoringInput]) -> list[LoglikelihoodResult]:
+        try:
+            scored = score_shared(self.model, inputs, self.batch_size, self.device, self.tokenizer.pad_token_id)
+        except torch.OutOfMemoryError as exc:
+            return [LoglikelihoodResult(id=i, error=f"out of memory: {exc}".splitlines()[0]) for i in ids]
+        return [LoglikelihoodResult(id=i, logprob_sum=total, n_tokens=len(x.ids) - x.start, n_bytes=x.n_bytes,
+                                    is_greedy=greedy) for i, x, (total, greedy) in zip(ids, inputs, scored, strict=True)]
 
     def _in_batches(self, order: list[int], run: Any, out: list[Any], on_result: Any) -> list[Any]:
         """Scoring and embedding passes: ``order`` (longest first) in batches of ``batch_size``; each

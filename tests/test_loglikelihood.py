@@ -146,6 +146,38 @@ def test_sums_equal_a_hand_computation_from_logits(hf):
         assert res.is_greedy == greedy and res.logprob_sum < 0
 
 
+def test_requests_sharing_a_context_run_it_once_and_equal_the_hand_computation(hf, monkeypatch):
+    """A question's options, a judge prompt's ten ratings: the context runs once, every continuation on
+    its cache, in rows of batch_size (2 here); lengths 1 (no second pass) to 5, beside unshared requests."""
+    from harness.adapters.tokens import encode_for_scoring
+    question = "Question: Natalia sold clips to 48 of her friends in April, and then half as many in May. Answer:"
+    conts = [" 72", " 72 clips", " seventy two", " 24", " she sold 72 clips in all", " 48"]
+    reqs = [raw(f"opt{i}", question, c) for i, c in enumerate(conts)]
+    reqs.insert(2, raw("alone", "The capital of France is", " Paris."))
+    reqs.append(raw("short", "Hi", " there"))  # a context under MIN_SHARED_TOKENS is never grouped
+    fed: list[int] = []
+    forward = hf.model.forward
+    monkeypatch.setattr(hf.model, "forward", lambda *a, **k: (fed.append(int(k["input_ids"].numel())),
+                                                             forward(*a, **k))[1])
+    seen: list[int] = []
+    out = hf.loglikelihood(reqs, on_result=lambda i, r: seen.append(i))
+    passed = list(fed)  # what the pass fed the model (the hand computations below add their own)
+    assert [r.id for r in out] == [r.id for r in reqs] and sorted(seen) == list(range(len(reqs)))
+    encoded = [encode_for_scoring(hf.tokenizer, r) for r in reqs]
+    for r, x, res in zip(reqs, encoded, out, strict=True):
+        total, greedy = hand_logprob(hf, x.ids, x.start)
+        assert res.error is None, r.id
+        assert res.logprob_sum == pytest.approx(total, abs=1e-4), r.id
+        assert res.is_greedy == greedy and res.n_tokens == len(x.ids) - x.start and res.n_bytes == x.n_bytes
+    ctx = encoded[0].start
+    assert ctx >= 16 and all(encoded[i].ids[:encoded[i].start] == encoded[0].ids[:ctx] for i in (0, 1, 3, 4, 5, 6))
+    # the shared context once, then the options' own tokens in rows of 2; the others as before (padded pairs)
+    unshared = 2 * max(len(encoded[2].ids), len(encoded[7].ids))
+    assert sum(passed) <= ctx + sum(2 * max(len(encoded[i].ids) - encoded[i].start - 1 for i in pair) for pair in
+                                 ((0, 1), (3, 4), (5, 6))) + unshared
+    assert sum(passed) < sum(len(x.ids) for x in encoded) - 3 * ctx
+
+
 def test_greedy_continuation_is_flagged(hf):
     from harness.core.records import Request
     prompt = "The answer is"
