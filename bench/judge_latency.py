@@ -49,8 +49,8 @@ def _serve(latency: float, conn: Any) -> None:
     """Child process: the stub server until told to stop, then its counts."""
     with StubServer(judge_reply, models=("judge",), latency=latency) as stub:
         conn.send(stub.url)
-        conn.recv()
-        conn.send((stub.count("/v1/chat/completions"), stub.max_in_flight))
+        while conn.recv() == "counts":
+            conn.send((stub.count("/v1/chat/completions"), stub.max_in_flight))
 
 
 class _Remote:
@@ -60,7 +60,6 @@ class _Remote:
         ctx = multiprocessing.get_context("fork")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(latency, child), daemon=True)
-        self._counts = (0, 0)
 
     def __enter__(self) -> _Remote:
         self._proc.start()
@@ -69,15 +68,18 @@ class _Remote:
 
     def __exit__(self, *exc: object) -> None:
         self._conn.send("stop")
-        self._counts = self._conn.recv()
         self._proc.join(10)
 
+    def _ask(self) -> tuple[int, int]:
+        self._conn.send("counts")
+        return self._conn.recv()
+
     def count(self, path: str) -> int:
-        return self._counts[0]
+        return self._ask()[0]
 
     @property
     def max_in_flight(self) -> int:
-        return self._counts[1]
+        return self._ask()[1]
 
 
 def measure(latency: float, concurrency: int, questions: int, repeats: int,

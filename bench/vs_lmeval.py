@@ -114,7 +114,7 @@ def run_ours(limit: int, max_tokens: int, model: str, work: Path, name: str,
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     identity = json.loads((out / "r" / "config.json").read_text()).get("identity", {})
-    return wall, str(identity.get("kind", "?"))
+    return wall, str((identity.get("model") or {}).get("kind", "?"))
 
 
 def agreement(lmeval_out: Path) -> None:
