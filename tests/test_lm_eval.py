@@ -289,9 +289,12 @@ def test_both_local_tasks_run_on_a_tiny_checkpoint_and_a_sigkill_loses_nothing(t
             "lm_eval:local_mc,lm_eval:local_gsm", "--lm-eval-include", str(tasks_dir), "--limit", "3",
             "--out", str(tmp_path / "runs"), "--run-id", "tiny"]
     journal = tmp_path / "runs" / "tiny" / "lm_eval:local_mc.loglikelihood.jsonl"
-    # Each scoring batch slowed to 0.3 s in the child, so the kill lands mid-pass on any machine.
+    # Each scoring batch (and each question's choices, which share a context) slowed to 0.3 s in the child,
+    # so the kill lands mid-pass on any machine.
     slow = ("import sys, time; from harness.adapters.hf import HFAdapter; f = HFAdapter._score_batch; "
+            "g = HFAdapter._score_shared; "
             "HFAdapter._score_batch = lambda self, *a: (time.sleep(0.3), f(self, *a))[1]; "
+            "HFAdapter._score_shared = lambda self, *a: (time.sleep(0.3), g(self, *a))[1]; "
             "from harness.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", slow, *args], cwd=tasks_dir, env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
