@@ -45,7 +45,9 @@ def journaled(out: Path) -> list[dict]:
 def test_sigint_during_execution_stops_promptly_and_the_rerun_runs_only_the_rest(tmp_path: Path) -> None:
     with StubServer(solver) as stub:
         cmd, env = command(stub.url, tmp_path)
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Ctrl-C's default action in the child even where this runs as a background job (which ignores SIGINT)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 120
             while len(journaled(tmp_path)) < 2 and time.monotonic() < deadline and proc.poll() is None:

@@ -320,7 +320,9 @@ def test_ctrl_c_stops_workers_promptly_and_keeps_finished_verdicts(tmp_path) -> 
 
     results = tmp_path / "results.txt"
     results.touch()
-    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(results)], stdout=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the child even where this runs as a background job (which ignores SIGINT)
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(results)], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while len(results.read_text().splitlines()) < 2 and time.monotonic() < deadline:
