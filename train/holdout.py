@@ -141,8 +141,9 @@ def probe_class(source: str) -> type[HoldoutProbe]:
 
 
 def class_for_task(name: str) -> type[HoldoutProbe]:
-    """The class of the task ``name`` (``holdout_<source>``), for a process that did not parse the study:
-    its source comes from the recorded options (``source``), the rest of the name before that existed."""
+    """The class of the task ``name`` (``holdout_<source>``), for a process that did not parse the study.
+    Its items' source label comes from the recorded ``source`` option; runs recorded before that option
+    existed fall back to the rest of the name."""
     if name in _CLASSES:
         return _CLASSES[name]
     return probe_class(name[len(PREFIX):])

@@ -178,7 +178,7 @@ def with_holdout_files(study: Study, held: dict[str, list[Conversation]]) -> Stu
 
 def with_representation_data(study: Study, sources: dict[str, list[Conversation]]) -> Study:
     """A study scoring ``representations`` without ``[eval.representations] general_data`` embeds its own
-    general source (as filtered for training, held-out examples included in none): the first
+    general source as filtered for training (held-out examples already set aside): its first
     ``per_ability`` conversations, written into the study folder so every stage embeds the same texts."""
     from dataclasses import replace
 
