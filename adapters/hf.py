@@ -55,6 +55,7 @@ from harness.adapters.hf_batching import (
     Row,
     choose_batch_size,
     refill_supported,
+    takes_logits_to_keep,
     verify_on_cuda,
 )
 from harness.adapters.hf_scoring import score_shared, shared_context_groups
@@ -297,11 +298,8 @@ class HFAdapter:
         # a plain DynamicCache (what the refill loop needs) is what the continuations extend
         groups, rest = shared_context_groups(encoded) if self.refill else ([], list(encoded))
         for group in groups:  # options of one question, a judge prompt's ratings: the context runs once
-            for i, res in zip(group, self._score_shared([requests[i].id for i in group],
-                                                        [encoded[i] for i in group]), strict=True):
-                out[i] = res
-                if on_result is not None:
-                    on_result(i, res)
+            _land(group, self._score_shared([requests[i].id for i in group], [encoded[i] for i in group]),
+                  out, on_result)
         order = sorted(rest, key=lambda i: -len(encoded[i].ids))
         return self._in_batches(order, lambda idx: self._score_batch(
             [requests[i].id for i in idx], [encoded[i] for i in idx]), out, on_result)
@@ -319,10 +317,7 @@ class HFAdapter:
         result lands in ``out`` at its request's index and is reported as soon as its batch is done."""
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
-            for i, res in zip(idx, run(idx), strict=True):
-                out[i] = res
-                if on_result is not None:
-                    on_result(i, res)
+            _land(idx, run(idx), out, on_result)
         return [r for r in out if r is not None]
 
     @torch.inference_mode()
@@ -338,7 +333,7 @@ class HFAdapter:
         keep = max(len(x.ids) - x.start for x in inputs) + 1
         kwargs: dict[str, Any] = {"input_ids": tokens.to(self.device), "attention_mask": mask.to(self.device),
                                   "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)}
-        if self._takes_logits_to_keep():
+        if takes_logits_to_keep(self.model):
             kwargs["logits_to_keep"] = keep
         try:
             logits = self.model(**kwargs).logits[:, -keep:]
@@ -382,7 +377,7 @@ class HFAdapter:
         kwargs: dict[str, Any] = {"input_ids": tokens.to(self.device), "attention_mask": mask.to(self.device),
                                   "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
                                   "output_hidden_states": True}
-        if self._takes_logits_to_keep():
+        if takes_logits_to_keep(self.model):
             kwargs["logits_to_keep"] = 1  # only the hidden states are wanted; skip the vocabulary projection
         try:
             hidden = self.model(**kwargs).hidden_states
@@ -396,14 +391,18 @@ class HFAdapter:
                                        truncated=len(full) > len(x)))
         return results
 
-    def _takes_logits_to_keep(self) -> bool:
-        import inspect
-        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
-
     def close(self) -> None:
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _land(idx: Sequence[int], results: Sequence[Any], out: list[Any], on_result: Any) -> None:
+    """Each result into ``out`` at its request's index, reported as it lands."""
+    for i, res in zip(idx, results, strict=True):
+        out[i] = res
+        if on_result is not None:
+            on_result(i, res)
 
 
 def _pick_device(device: str) -> str:

