@@ -78,16 +78,6 @@ def task_name(source: str) -> str:
     return name
 
 
-def write_holdout(held: Sequence[Conversation], path: Path) -> str:
-    """Write the held-out conversations as messages records; return the file's sha256."""
-    from harness.core.files import write_jsonl_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(path, [{"id": c.id, "messages": [{"role": m.role, "content": m.content} for m in c.messages]}
-                              for c in held])
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @dataclass(frozen=True)
 class HoldoutOptions(Options):
     """Set by the study (its held-out file and that file's hash), not by hand."""

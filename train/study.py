@@ -166,13 +166,14 @@ def with_holdout_files(study: Study, held: dict[str, list[Conversation]]) -> Stu
     """Write each source's held-out examples into the study folder; the study's held-out probes read them."""
     from dataclasses import replace
 
-    from harness.train.holdout import probe_class, write_holdout
+    from harness.core.conversations import write_conversations
+    from harness.train.holdout import probe_class
 
     tasks = dict(study.eval.tasks)
     for name, convs in held.items():
         path = (study.out / "holdout" / f"{name}.jsonl").resolve()
         cls = probe_class(name)
-        tasks[cls.name] = cls.Options(data=str(path), data_sha256=write_holdout(convs, path), source=name)
+        tasks[cls.name] = cls.Options(data=str(path), data_sha256=write_conversations(convs, path), source=name)
     return replace(study, eval=replace(study.eval, tasks=tasks)) if held else study
 
 
@@ -182,7 +183,7 @@ def with_representation_data(study: Study, sources: dict[str, list[Conversation]
     ``per_ability`` conversations, written into the study folder so every stage embeds the same texts."""
     from dataclasses import replace
 
-    from harness.core.files import write_jsonl_atomic
+    from harness.core.conversations import write_conversations
     from harness.tasks import task_class
 
     name = "representations"
@@ -193,9 +194,7 @@ def with_representation_data(study: Study, sources: dict[str, list[Conversation]
     if opts.general_data:
         return study
     path = (study.out / name / f"{general}.jsonl").resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(path, [{"id": c.id, "messages": [{"role": m.role, "content": m.content} for m in c.messages]}
-                              for c in sources[general][:opts.per_ability]])
+    write_conversations(sources[general][:opts.per_ability], path)
     log.info("representations: the general ability is the study source %r (%s)", general, path)
     tasks = {**study.eval.tasks, name: replace(opts, general_data=str(path), general_format="messages")}
     return replace(study, eval=replace(study.eval, tasks=tasks))

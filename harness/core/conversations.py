@@ -60,6 +60,17 @@ class Conversation:
                 "messages": [{"role": m.role, "content": m.content} for m in self.messages]}
 
 
+def write_conversations(convs: Sequence[Conversation], path: Path) -> str:
+    """Write ``convs`` as messages records (``{"id", "messages"}``, what the ``messages`` format reads);
+    return the file's sha256."""
+    from harness.core.files import write_jsonl_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(path, [{"id": c.id, "messages": [{"role": m.role, "content": m.content} for m in c.messages]}
+                              for c in convs])
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 # -- reading files ------------------------------------------------------------------------------
 
 
