@@ -9,7 +9,9 @@ by one trial forward). Unlike lm-eval's ``--batch_size auto`` nothing is
 probed repeatedly: one estimate, recorded in the adapter's ``describe()``.
 
 Refill (continuous batching between decode steps): ``RefillDecoder`` keeps a
-batch of rows in one left-padded ``DynamicCache``; when enough rows have
+batch of rows in one left-padded ``DynamicCache`` (whose layers grow in
+place, ``growing_cache``, instead of concatenating every step, and whose LM
+head runs on oneDNN on a CPU, ``onednn_head``); when enough rows have
 finished (EOS, a stop string, ``max_tokens``) they are dropped from the cache
 and the longest waiting prompts are prefilled and joined to it, so the batch
 never idles behind its longest row. Tokens are chosen exactly as in
@@ -29,7 +31,8 @@ else (sliding windows, hybrid caches, repetition penalties) keeps
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,8 +203,11 @@ class RefillDecoder:
         self._stop_tail = max((len(s) for s in settings.stops), default=0) + 4
         self._cache_arg = cache_kwarg(model)
 
-    @torch.inference_mode()
     def run(self, rows: Sequence[Row], on_row_done: Callable[[Row], None]) -> None:
+        with torch.inference_mode(), onednn_head(self.model):
+            self._run(rows, on_row_done)
+
+    def _run(self, rows: Sequence[Row], on_row_done: Callable[[Row], None]) -> None:
         waiting = list(rows)  # the caller sorts them, longest prompt first
         active: list[Row] = []
         cache, mask, positions, last = None, None, None, None
@@ -234,8 +240,6 @@ class RefillDecoder:
               on_row_done: Callable[[Row], None]) -> tuple[Any, Any, Any, Any] | None:
         """Prefill the joining rows (left-padded) and merge their cache with the running one;
         None when they ran out of memory (they finish with the error, the running rows go on)."""
-        from transformers import DynamicCache
-
         width = max(len(r.prompt) for r in joining)
         ids = torch.full((len(joining), width), self.s.pad_id, dtype=torch.long)
         new_mask = torch.zeros((len(joining), width), dtype=torch.long)
@@ -243,7 +247,7 @@ class RefillDecoder:
             ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
             new_mask[i, width - len(r.prompt):] = 1
         ids, new_mask = ids.to(self.device), new_mask.to(self.device)
-        new_cache = DynamicCache(config=self.model.config)
+        new_cache = growing_cache(self.model.config)
         try:
             out = self.model(input_ids=ids, attention_mask=new_mask, position_ids=(new_mask.cumsum(-1) - 1).clamp(min=0),
                              use_cache=True, logits_to_keep=1, **{self._cache_arg: new_cache})
@@ -321,11 +325,120 @@ def _concat_left(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _concat_caches(config: Any, a: Any, b: Any) -> Any:
     """One cache holding the rows of ``a`` then ``b``, each left-padded (zeros) to the longer length."""
+    merged = growing_cache(config)
+    for layer, la, lb in zip(merged.layers, a.layers, b.layers, strict=True):
+        w = max(la.keys.shape[-2], lb.keys.shape[-2])
+        layer.adopt(torch.cat([_pad_left(la.keys, w, -2), _pad_left(lb.keys, w, -2)]),
+                    torch.cat([_pad_left(la.values, w, -2), _pad_left(lb.values, w, -2)]))
+    return merged
+
+
+# -- the LM head on oneDNN (CPU) -------------------------------------------------------------------
+
+@contextmanager
+def onednn_head(model: Any) -> Iterator[bool]:
+    """On CPU, the output projection runs on oneDNN while decoding (yields whether it does).
+
+    A decode step multiplies a few rows by the whole vocabulary (49,152 x 576 for SmolLM2): MKL's sgemm
+    took 35 ms of a batch-8 step for it on this 2-core AMD EPYC machine, oneDNN 15-18 ms (2x at batch 1-32),
+    and the loop 12% less wall time (bench/decode_roof.py). The logits differ from ``F.linear``'s by
+    ~1e-6 (another kernel's summation order, like a batch-size change), so greedy text is equal on every
+    test prompt; a near-tie could resolve the other way (docs/fidelity.md). Elsewhere (GPU, log-likelihood
+    scoring, a head that is not a plain ``nn.Linear``) nothing changes."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    usable = (type(head) is torch.nn.Linear and head.weight.device.type == "cpu"
+              and head.weight.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+              and hasattr(torch.ops.mkldnn, "_linear_pointwise") and "forward" not in vars(head))
+    if not usable:
+        yield False
+        return
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, head.weight, head.bias, "none", [], "")
+
+    try:
+        probe = torch.zeros((1, head.in_features), dtype=head.weight.dtype)
+        forward(probe)
+    except RuntimeError:  # a torch build whose oneDNN lacks the op for this dtype
+        yield False
+        return
+    head.forward = forward
+    try:
+        yield True
+    finally:
+        del head.forward
+
+
+# -- a KV cache that grows in place -----------------------------------------------------------------
+
+def _growing_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A ``DynamicLayer`` whose keys and values are views of buffers with room to grow, so a decode
+        step writes its one new column instead of copying the whole cache. ``DynamicLayer.update`` runs
+        ``torch.cat`` per layer per step: 28% of a batch-8 decode step's CPU time on SmolLM2-135M here
+        (torch.profiler, 128 steps). Same values, so the same attention and the same tokens.
+
+        Anything that reassigns ``keys``/``values`` (row selection, cropping) is noticed on the next
+        update, which copies them into a fresh buffer once."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._kbuf = self._vbuf = None
+            self._length = 0
+
+        def adopt(self, keys: torch.Tensor, values: torch.Tensor, extra: int = 0) -> None:
+            """Hold ``keys``/``values`` (batch, heads, length, dim) in buffers with room for more."""
+            if not self.is_initialized:
+                self.lazy_initialization(keys, values)
+            length = keys.shape[-2]
+            room = length + max(extra, GROW_MIN_TOKENS, length // GROW_FRACTION)
+            shape = (*keys.shape[:-2], room, keys.shape[-1])
+            self._kbuf = keys.new_empty(shape)
+            self._vbuf = values.new_empty((*values.shape[:-2], room, values.shape[-1]))
+            self._kbuf[..., :length, :] = keys
+            self._vbuf[..., :length, :] = values
+            self._set_length(length)
+
+        def _set_length(self, length: int) -> None:
+            self._length = length
+            self.keys = self._kbuf[..., :length, :]
+            self.values = self._vbuf[..., :length, :]
+            self._views = (self.keys, self.values)
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            ours = self._kbuf is not None and self._views[0] is self.keys and self._views[1] is self.values
+            if not ours or self._length + n > self._kbuf.shape[-2] or self._kbuf.shape[0] != key_states.shape[0]:
+                if self.keys is None or self.keys.numel() == 0:
+                    self.adopt(key_states, value_states)
+                    return self.keys, self.values
+                self.adopt(self.keys, self.values, extra=n)
+            start = self._length
+            self._kbuf[..., start:start + n, :] = key_states
+            self._vbuf[..., start:start + n, :] = value_states
+            self._set_length(start + n)
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+GROW_MIN_TOKENS = 64  # a buffer's room past what it holds: at least this many tokens,
+GROW_FRACTION = 4  # or a quarter of its length (amortised: a few copies per sequence, not one per step)
+_GROWING: list[type] = []
+
+
+def growing_cache(config: Any) -> Any:
+    """A ``DynamicCache`` of ``GrowingLayer``s for a model whose own cache is plain ``DynamicLayer``s
+    (what ``refill_supported`` checked)."""
     from transformers import DynamicCache
 
-    merged = []
-    for la, lb in zip(a.layers, b.layers, strict=True):
-        w = max(la.keys.shape[-2], lb.keys.shape[-2])
-        merged.append((torch.cat([_pad_left(la.keys, w, -2), _pad_left(lb.keys, w, -2)]),
-                       torch.cat([_pad_left(la.values, w, -2), _pad_left(lb.values, w, -2)])))
-    return DynamicCache(ddp_cache_data=merged, config=config)
+    if not _GROWING:
+        _GROWING.append(_growing_layer_class())
+    cache = DynamicCache(config=config)
+    cache.layers = [_GROWING[0]() for _ in cache.layers]
+    return cache

