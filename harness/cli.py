@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -157,5 +158,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``harness`` command (and ``python -m harness``): ``main``, then a quick exit.
+
+    Once the command is done (every file written and closed, the engine shut down), the atexit handlers
+    run and the streams are flushed, and the process ends with ``os._exit``, skipping only the
+    interpreter's teardown: its final garbage collection over torch's (and vLLM's torch.compile/sympy)
+    module graph took 2.8 s after an HF run and 4.6 s after a vLLM run here, with nothing left to do."""
+    code = main()
+    import atexit
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

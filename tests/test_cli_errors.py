@@ -237,3 +237,19 @@ def test_argparse_errors_are_one_line_too(argv: list[str], needle: str) -> None:
 def test_concurrency_must_be_positive(flag: str) -> None:
     assert_usage_error(harness("run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1", "--suite", "gsm8k",
                                flag, "0"), f"{flag} must be >= 1")
+
+
+def test_the_command_exits_quickly_but_runs_atexit_handlers_and_flushes(tmp_path: Path) -> None:
+    """`harness` ends with os._exit after the work (the interpreter's teardown cost 3-5 s): the exit code,
+    buffered output and atexit handlers (temporary folders, libraries' clean-up) must survive it."""
+    marker = tmp_path / "atexit-ran"
+    code = ("import atexit, sys\nfrom pathlib import Path\n"
+            f"atexit.register(lambda: Path({str(marker)!r}).write_text('yes'))\n"
+            "sys.stdout.write('x' * 100000)  # buffered: a pipe is not a terminal\n"
+            "sys.argv = ['harness', 'run', '--model', 'nope-model', '--suite', 'gsm8k']\n"
+            "from harness.cli import entry\nentry()\nprint('not reached')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2 and "harness: error:" in res.stderr, res.stderr
+    assert res.stdout == "x" * 100000 and "not reached" not in res.stdout
+    assert marker.read_text() == "yes"
