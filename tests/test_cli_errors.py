@@ -241,10 +241,12 @@ def test_concurrency_must_be_positive(flag: str) -> None:
 
 def test_the_command_exits_quickly_but_runs_atexit_handlers_and_flushes(tmp_path: Path) -> None:
     """`harness` ends with os._exit after the work (the interpreter's teardown cost 3-5 s): the exit code,
-    buffered output and atexit handlers (temporary folders, libraries' clean-up) must survive it."""
-    marker = tmp_path / "atexit-ran"
-    code = ("import atexit, sys\nfrom pathlib import Path\n"
+    buffered output, non-daemon threads and atexit handlers (temporary folders, libraries' clean-up) must
+    survive it."""
+    marker, worker = tmp_path / "atexit-ran", tmp_path / "thread-ran"
+    code = ("import atexit, sys, threading, time\nfrom pathlib import Path\n"
             f"atexit.register(lambda: Path({str(marker)!r}).write_text('yes'))\n"
+            f"threading.Thread(target=lambda: (time.sleep(1), Path({str(worker)!r}).write_text('yes'))).start()\n"
             "sys.stdout.write('x' * 100000)  # buffered: a pipe is not a terminal\n"
             "sys.argv = ['harness', 'run', '--model', 'nope-model', '--suite', 'gsm8k']\n"
             "from harness.cli import entry\nentry()\nprint('not reached')\n")
@@ -252,4 +254,4 @@ def test_the_command_exits_quickly_but_runs_atexit_handlers_and_flushes(tmp_path
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == 2 and "harness: error:" in res.stderr, res.stderr
     assert res.stdout == "x" * 100000 and "not reached" not in res.stdout
-    assert marker.read_text() == "yes"
+    assert marker.read_text() == "yes" and worker.read_text() == "yes"  # a non-daemon thread finished first
