@@ -202,7 +202,7 @@ class VLLMAdapter:
         on_cpu = _on_cpu()
         self.plan = plan_engine(args, model, on_cpu=on_cpu, environ=os.environ, cpus=_usable_cpus())
         check_engine_args(vllm, self.plan.kwargs)
-        os.environ.update(self.plan.env)  # inherited by the spawned engine processes
+        os.environ.update(self.plan.env)  # read by vLLM here, and inherited by any engine process it spawns
         if on_cpu:
             shown = {k: self.plan.kwargs[k] for k in (*CPU_ENGINE_DEFAULTS, *CPU_SINGLE_RANK_ENGINE)
                      if k in self.plan.kwargs}
