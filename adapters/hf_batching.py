@@ -386,7 +386,6 @@ def _growing_layer_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._kbuf = self._vbuf = None
-            self._length = 0
 
         def adopt(self, keys: torch.Tensor, values: torch.Tensor, extra: int = 0) -> None:
             """Hold ``keys``/``values`` (batch, heads, length, dim) in buffers with room for more."""
@@ -402,7 +401,6 @@ def _growing_layer_class() -> type:
             self._set_length(length)
 
         def _set_length(self, length: int) -> None:
-            self._length = length
             self.keys = self._kbuf[..., :length, :]
             self.values = self._vbuf[..., :length, :]
             self._views = (self.keys, self.values)
@@ -413,12 +411,12 @@ def _growing_layer_class() -> type:
                 self.lazy_initialization(key_states, value_states)
             n = key_states.shape[-2]
             ours = self._kbuf is not None and self._views[0] is self.keys and self._views[1] is self.values
-            if not ours or self._length + n > self._kbuf.shape[-2] or self._kbuf.shape[0] != key_states.shape[0]:
+            if not ours or self.keys.shape[-2] + n > self._kbuf.shape[-2] or self._kbuf.shape[0] != key_states.shape[0]:
                 if self.keys is None or self.keys.numel() == 0:
                     self.adopt(key_states, value_states)
                     return self.keys, self.values
                 self.adopt(self.keys, self.values, extra=n)
-            start = self._length
+            start = self.keys.shape[-2]
             self._kbuf[..., start:start + n, :] = key_states
             self._vbuf[..., start:start + n, :] = value_states
             self._set_length(start + n)
