@@ -126,6 +126,7 @@ class HFAdapter:
         self.generation_batch = parse_batch_size(spec.args.get("batch_size", "auto"))
         self.batch_size = self.generation_batch or (8 if self.device.type == "cpu" else 32)
         self.batch_choices: list[dict[str, Any]] = []  # one per generation pass, for describe()
+        self.decode_kernels: dict[str, str] | None = None  # CPU kernels of the last refill pass, for describe()
         kwargs = {"revision": spec.args.get("revision"), "trust_remote_code": bool(spec.args.get("trust_remote_code"))}
         self.tokenizer = _load(AutoTokenizer.from_pretrained, target, "tokenizer", **kwargs)
         self.tokenizer.padding_side = "left"
@@ -146,7 +147,7 @@ class HFAdapter:
                 "lora_fingerprint": (fingerprint_checkpoint(Path(self.spec.args["lora"]))["fingerprint"]
                                      if self.spec.args.get("lora") else None),
                 "generation_batches": {"batch_size": self.generation_batch or "auto", "refill": self.refill,
-                                       "passes": list(self.batch_choices)}}
+                                       "passes": list(self.batch_choices), "decode_kernels": self.decode_kernels}}
 
     def render(self, request: Request) -> str:
         if request.prompt is not None:
@@ -221,7 +222,9 @@ class HFAdapter:
             if all(w.done for w in mine):
                 done(row.request, self._completion(requests[row.request], mine))
 
-        RefillDecoder(self.model, self.tokenizer, rows, settings).run(work, row_done)
+        decoder = RefillDecoder(self.model, self.tokenizer, rows, settings)
+        decoder.run(work, row_done)
+        self.decode_kernels = decoder.kernels
 
     def _completion(self, request: Request, rows: list[Row]) -> Completion:
         errors = [w.error for w in rows if w.error]

@@ -10,8 +10,10 @@ probed repeatedly: one estimate, recorded in the adapter's ``describe()``.
 
 Refill (continuous batching between decode steps): ``RefillDecoder`` keeps a
 batch of rows in one left-padded ``DynamicCache`` (whose layers grow in
-place, ``growing_cache``, instead of concatenating every step, and whose LM
-head runs on oneDNN on a CPU, ``onednn_head``); when enough rows have
+place, ``growing_cache``, instead of concatenating every step; on a CPU the
+linear layers run on oneDNN with reordered weights, ``onednn_linears``, and
+one-token attention is two products per KV head, ``grouped_decode_attention``);
+when enough rows have
 finished (EOS, a stop string, ``max_tokens``) they are dropped from the cache
 and the longest waiting prompts are prefilled and joined to it, so the batch
 never idles behind its longest row. Tokens are chosen exactly as in
@@ -202,9 +204,12 @@ class RefillDecoder:
         self.threshold = max(1, self.batch_size // 8)
         self._stop_tail = max((len(s) for s in settings.stops), default=0) + 4
         self._cache_arg = cache_kwarg(model)
+        self.kernels: dict[str, str] = {}  # which CPU kernels the last run used (recorded by the adapter)
 
     def run(self, rows: Sequence[Row], on_row_done: Callable[[Row], None]) -> None:
-        with torch.inference_mode(), onednn_head(self.model):
+        with (torch.inference_mode(), onednn_linears(self.model, self.batch_size) as linears,
+              grouped_decode_attention(self.model) as attention):
+            self.kernels = {"linears": linears, "decode_attention": "grouped" if attention else "model's own"}
             self._run(rows, on_row_done)
 
     def _run(self, rows: Sequence[Row], on_row_done: Callable[[Row], None]) -> None:
@@ -333,40 +338,113 @@ def _concat_caches(config: Any, a: Any, b: Any) -> Any:
     return merged
 
 
-# -- the LM head on oneDNN (CPU) -------------------------------------------------------------------
+# -- CPU kernels for the decode loop -----------------------------------------------------------------
 
 @contextmanager
-def onednn_head(model: Any) -> Iterator[bool]:
-    """On CPU, the output projection runs on oneDNN while decoding (yields whether it does).
+def onednn_linears(model: Any, batch_size: int) -> Iterator[str]:
+    """On CPU, the model's ``nn.Linear`` layers run on oneDNN while decoding; yields how.
 
-    A decode step multiplies a few rows by the whole vocabulary (49,152 x 576 for SmolLM2): MKL's sgemm
-    took 35 ms of a batch-8 step for it on this 2-core AMD EPYC machine, oneDNN 15-18 ms (2x at batch 1-32),
-    and the loop 12% less wall time (16 GSM8K prompts x 128 tokens at batch 8). The logits differ from
-    ``F.linear``'s by ~1e-6 (another kernel's summation order, like a batch-size change), so greedy text is
-    equal on every test prompt; a near-tie could resolve the other way (docs/fidelity.md). Elsewhere (GPU,
-    log-likelihood scoring, a head that is not a plain ``nn.Linear``) nothing changes."""
+    ``"packed"``: every plain linear layer (fp32/bf16, on CPU) multiplies by a copy of its weight reordered once
+    for oneDNN (``_reorder_linear_weight``, the layout vLLM's CPU backend and torch.compile's freezing use), made
+    when the loop starts and dropped when it ends. A decode step multiplies a few rows by every weight of the
+    model, and MKL's sgemm at 8 rows ran at ~12 GFLOPS here (SmolLM2-135M, 2-core AMD EPYC); the reordered
+    products took about half its time, prefill's long products 0.8x. The copy costs the linear weights' size
+    once more, so it is made only when twice that fits the memory left; otherwise ``"head"``: only the LM head
+    (49,152 x 576 for SmolLM2, MKL 35 ms at batch 8, oneDNN 15-18 ms) runs on oneDNN with its own weight.
+    ``"off"``: not a CPU model, no oneDNN, or a weight oneDNN refuses. Outputs differ from ``F.linear``'s by
+    ~1e-6 (another summation order; each row's result does not depend on the other rows), so greedy text is
+    equal on every test prompt, though a near-tie could resolve the other way (docs/fidelity.md). Layers that
+    are not plain ``nn.Linear`` (quantized, a LoRA wrapper: its base layer is plain) keep their forward."""
+    usable = [m for m in model.modules()
+              if type(m) is torch.nn.Linear and "forward" not in vars(m) and m.weight.device.type == "cpu"
+              and m.weight.dtype in (torch.float32, torch.bfloat16)]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    usable = (type(head) is torch.nn.Linear and head.weight.device.type == "cpu"
-              and head.weight.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
-              and hasattr(torch.ops.mkldnn, "_linear_pointwise") and "forward" not in vars(head))
-    if not usable:
-        yield False
+    ops = torch.ops.mkldnn
+    if not usable or not torch.backends.mkldnn.is_available() or not hasattr(ops, "_linear_pointwise"):
+        yield "off"
         return
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, head.weight, head.bias, "none", [], "")
-
+    weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in usable)
+    packed = hasattr(ops, "_reorder_linear_weight") and 2 * weight_bytes <= available_memory(torch.device("cpu"))
+    layers = usable if packed else [m for m in usable if m is head]
     try:
-        probe = torch.zeros((1, head.in_features), dtype=head.weight.dtype)
-        forward(probe)
+        weights = [ops._reorder_linear_weight(m.weight.detach(), batch_size) if packed else m.weight
+                   for m in layers]
+        for m, w in zip(layers, weights, strict=True):
+            ops._linear_pointwise(torch.zeros((1, m.in_features), dtype=m.weight.dtype), w, m.bias, "none", [], "")
     except RuntimeError:  # a torch build whose oneDNN lacks the op for this dtype
+        yield "off"
+        return
+    for m, w in zip(layers, weights, strict=True):
+        m.forward = _onednn_forward(w, m.bias)
+    try:
+        yield "packed" if packed else "head" if layers else "off"
+    finally:
+        for m in layers:
+            del m.forward
+
+
+def _onednn_forward(weight: torch.Tensor, bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return forward
+
+
+# Keyword arguments a decoder layer passes to its attention function that change nothing in one decode step.
+_PLAIN_ATTENTION_KWARGS = {"position_ids", "cache_position", "use_cache", "is_causal"}
+
+
+@contextmanager
+def grouped_decode_attention(model: Any) -> Iterator[bool]:
+    """On CPU, one-token steps of an ``sdpa`` model attend with two matrix products per KV head (yields whether).
+
+    transformers' ``sdpa`` attention repeats every KV head for the query heads that share it (``repeat_kv``, a
+    copy of the whole cache per layer per step: 10% of a SmolLM2 batch-8 step here) when a mask is given, which
+    the left-padded batch always has, and SDPA's CPU kernel then spends ~0.9 ms on one query row per head.
+    Instead the query heads of a group are stacked as rows against their shared KV head: scores, mask, softmax
+    (fp32), values. Equal to SDPA within float rounding (tests/test_hf_batching.py). Everything else (prefill,
+    dropout, attention sinks, soft-capping, position biases, other implementations, GPUs) goes to transformers'
+    own function. The override lives in the registry instance the models read, for the loop's duration only."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or model.device.type != "cpu":
         yield False
         return
-    head.forward = forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    local = getattr(ALL_ATTENTION_FUNCTIONS, "_local_mapping", None)
+    if not isinstance(local, dict):
+        yield False
+        return
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def attend(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+               **kwargs: Any) -> tuple[torch.Tensor, None]:
+        batch, heads, length, dim = query.shape
+        kv_heads = key.shape[1]
+        if (length != 1 or dropout or heads % kv_heads or query.device.type != "cpu"
+                or any(v is not None and v is not False and k not in _PLAIN_ATTENTION_KWARGS
+                       for k, v in kwargs.items())):
+            return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        scores = torch.matmul(query.reshape(batch, kv_heads, heads // kv_heads, dim), key.transpose(2, 3))
+        scores.mul_(dim ** -0.5 if scaling is None else scaling)
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:
+                scores.masked_fill_(~attention_mask, float("-inf"))
+            else:
+                scores.add_(attention_mask)
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+        out = torch.matmul(weights, value).reshape(batch, heads, 1, value.shape[-1])
+        return out.transpose(1, 2).contiguous(), None
+
+    previous = local.get("sdpa")
+    local["sdpa"] = attend
     try:
         yield True
     finally:
-        del head.forward
+        if previous is None:
+            local.pop("sdpa", None)
+        else:
+            local["sdpa"] = previous
 
 
 # -- a KV cache that grows in place -----------------------------------------------------------------

@@ -19,6 +19,7 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,8 +77,8 @@ def _small_bpe_tokenizer():
                                    unk_token="<|endoftext|>", pad_token="<|im_end|>")
 
 
-def build_tiny_llama(out: Path, seed: int = 0) -> Path:
-    """Save a random tiny Llama + tokenizer + ChatML template into ``out``."""
+def build_tiny_llama(out: Path, seed: int = 0, **config: Any) -> Path:
+    """Save a random tiny Llama + tokenizer + ChatML template into ``out`` (``config`` overrides TINY_LLAMA)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -85,7 +86,7 @@ def build_tiny_llama(out: Path, seed: int = 0) -> Path:
     tokenizer.chat_template = CHATML_TEMPLATE
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos, **TINY_LLAMA)
+                         eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos, **{**TINY_LLAMA, **config})
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
     gen = model.generation_config

@@ -210,21 +210,79 @@ def test_refill_matches_static_generate_past_the_cache_buffers_room(adapter) -> 
         assert [c.texts for c in got] == [c.texts for c in static], batch
 
 
-def test_the_decode_loops_lm_head_runs_on_onednn_on_cpu_and_is_restored(adapter) -> None:
-    from harness.adapters.hf_batching import onednn_head
+def test_the_decode_loops_linear_layers_run_on_onednn_on_cpu_and_are_restored(adapter, monkeypatch) -> None:
+    import harness.adapters.hf_batching as hb
 
-    head = adapter.model.get_output_embeddings()
-    x = torch.randn(5, 1, head.in_features)
-    want = torch.nn.functional.linear(x, head.weight, head.bias)
-    with torch.inference_mode(), onednn_head(adapter.model) as on:
-        assert on == torch.backends.mkldnn.is_available()
-        got = head(x)
-    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
-    assert "forward" not in vars(head)  # the module's own forward again after the loop
+    model = adapter.model
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    head = model.get_output_embeddings()
+    # Prefill-shaped inputs: more rows than the reorder's batch hint.
+    xs = [torch.randn(3, 7, m.in_features) for m in linears]
+    want = [torch.nn.functional.linear(x, m.weight, m.bias) for x, m in zip(xs, linears, strict=True)]
+    with torch.inference_mode(), hb.onednn_linears(model, 8) as how:
+        assert how == ("packed" if torch.backends.mkldnn.is_available() else "off")
+        assert all("forward" in vars(m) for m in linears) == (how == "packed")
+        got = [m(x) for x, m in zip(xs, linears, strict=True)]
+        row = linears[0](xs[0][:1, -1:])  # one row alone: the same numbers as inside the batch
+    assert all(torch.allclose(g, w, atol=1e-5, rtol=1e-5) for g, w in zip(got, want, strict=True))
+    assert torch.equal(row, got[0][:1, -1:])
+    assert not any("forward" in vars(m) for m in linears)  # the modules' own forward again after the loop
 
-    class Wrapped(torch.nn.Module):  # e.g. a LoRA layer on the head: left alone
+    # A weight copy that would not fit twice in the memory left: only the head, on its own weight.
+    monkeypatch.setattr(hb, "available_memory", lambda device: 1)
+    with torch.inference_mode(), hb.onednn_linears(model, 8) as how:
+        if how != "off":
+            assert how == "head" and [m for m in linears if "forward" in vars(m)] == [head]
+
+    class Wrapped(torch.nn.Module):  # e.g. a quantized layer: left alone
         def forward(self, x):
             return x
-    model = SimpleNamespace(get_output_embeddings=lambda: Wrapped())
-    with onednn_head(model) as on:
-        assert not on
+    with hb.onednn_linears(torch.nn.Sequential(Wrapped()), 8) as how:
+        assert how == "off"
+
+
+def test_grouped_decode_attention_equals_sdpa_for_query_heads_sharing_kv_heads(adapter) -> None:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from harness.adapters.hf_batching import grouped_decode_attention
+
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(s, generator=gen) for s in ((4, 6, 1, 16), (4, 2, 11, 16), (4, 2, 11, 16)))
+    mask = torch.ones(4, 1, 1, 11, dtype=torch.bool)
+    mask[1, ..., :5] = mask[3, ..., :2] = False  # left padding
+    want, _ = sdpa(module, q, k, v, mask, scaling=0.25, position_ids=None, use_cache=True)
+    q2 = torch.randn(4, 6, 2, 16, generator=gen)  # two query positions (a prefill): transformers' function
+    mask2 = torch.ones(4, 1, 2, 11, dtype=torch.bool)
+    want2, _ = sdpa(module, q2, k, v, mask2, scaling=0.25)
+    with grouped_decode_attention(adapter.model) as on:
+        assert on and ALL_ATTENTION_FUNCTIONS["sdpa"] is not sdpa
+        got, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, q, k, v, mask, scaling=0.25, position_ids=None,
+                                                  use_cache=True)
+        got2, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, q2, k, v, mask2, scaling=0.25)
+        additive = torch.zeros(4, 1, 1, 11).masked_fill(~mask, torch.finfo(torch.float32).min)
+        got3, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, q, k, v, additive, scaling=0.25)
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa  # restored
+    assert got.shape == want.shape == (4, 1, 6, 16)
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-5) and torch.allclose(got3, want, atol=1e-6, rtol=1e-5)
+    assert torch.equal(got2, want2)
+    eager = SimpleNamespace(config=SimpleNamespace(_attn_implementation="eager"), device=torch.device("cpu"))
+    with grouped_decode_attention(eager) as on:
+        assert not on and ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa
+
+
+def test_refill_with_the_cpu_kernels_matches_static_generate_on_a_grouped_query_model(tmp_path: Path) -> None:
+    from conftest import build_tiny_llama
+
+    from harness.adapters.hf import HFAdapter
+
+    path = str(build_tiny_llama(tmp_path / "gqa", seed=1, num_attention_heads=4, num_key_value_heads=2))
+    gqa = HFAdapter(ModelSpec("hf", path, args={"batch_size": 8}), path)
+    reqs = _requests(max_tokens=40)
+    static = _generate(gqa, reqs, refill=False, batch=8)
+    got = _generate(gqa, reqs, refill=True, batch=3)
+    assert [c.texts for c in got] == [c.texts for c in static]
+    kernels = gqa.describe()["generation_batches"]["decode_kernels"]
+    assert kernels["decode_attention"] == "grouped"
+    assert kernels["linears"] == ("packed" if torch.backends.mkldnn.is_available() else "off")
