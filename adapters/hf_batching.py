@@ -45,9 +45,9 @@ log = logging.getLogger("harness")
 
 CPU_MEMORY_FRACTION = 0.5  # of MemAvailable: the machine is shared (tests, judges, other jobs)
 CUDA_MEMORY_FRACTION = 0.85  # of free memory: allocator fragmentation and cuBLAS workspaces
-# Past these a bigger batch buys nothing. On CPU, decode is bound by small-M matrix products and (before the
-# growing cache) cache copies, not FLOPs: bench/decode_roof.py on the idle 2-core machine (SmolLM2-135M,
-# 64 requests x 128 tokens) gave 32.2 tok/s at batch 8, 38.2 at 32 and 30.7 at 64.
+# Past these a bigger batch buys nothing. On CPU, decode is bound by small-M matrix products, not FLOPs:
+# bench/decode_roof.py on the idle 2-core machine (SmolLM2-135M, 64 requests x 128 tokens, CPU kernels on)
+# gave 0.124 of the compute roof at batch 8, 0.224 at 32 and 0.220 at 64.
 MAX_ROWS = {"cpu": 32, "cuda": 1024}
 # Generation-config fields that add logits processing model.generate would apply and this loop does not.
 _PROCESSING_FIELDS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0,
