@@ -3,7 +3,7 @@
 # the embedded model, SmolLM2-135M-Instruct, on the first 30 GSM8K test problems:
 # zero-shot chat (the baseline) against 3-shot chat. Greedy decoding, so a rerun
 # reproduces the same samples; an existing run is resumed (nothing regenerated)
-# unless --fresh is given. CPU, about 10 minutes on 2 cores with --fresh.
+# unless --fresh is given. CPU, about 4 minutes on 2 cores with --fresh (2026-12-01).
 #
 #   reports/regenerate.sh            # reuse journaled completions, rebuild report
 #   reports/regenerate.sh --fresh    # regenerate everything from the model

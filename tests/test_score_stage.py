@@ -1,13 +1,14 @@
 """`harness score RUN_DIR`: the score stage re-run from a finished run's files, with no model.
 
 Byte for byte on real runs (a stub-served GSM8K + MT-Bench run with its judge,
-and a tiny HF checkpoint), refusal of runs that recorded no identity (the
-committed example runs), and the lock shared with `harness run`.
+and a tiny HF checkpoint), refusal of runs that recorded no identity (a committed
+example run with its identity removed, as the first build wrote them), and the lock shared with `harness run`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -66,6 +67,9 @@ def test_score_refuses_a_run_directory_in_use(stub_run: Path, capsys) -> None:
 def test_runs_that_recorded_no_identity_are_refused_with_the_fix(tmp_path: Path, capsys) -> None:
     old = tmp_path / "smollm2-0shot"
     shutil.copytree(REPO / "reports" / "example" / "evals" / "smollm2-0shot", old)
+    config = json.loads((old / "config.json").read_text())
+    del config["identity"]  # as the first build wrote it: no model identity the journal keys are made of
+    (old / "config.json").write_text(json.dumps(config))
     summary = (old / "summary.json").read_bytes()
     assert main(["score", str(old)]) == 2
     err = capsys.readouterr().err.strip()
