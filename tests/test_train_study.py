@@ -213,12 +213,18 @@ def test_tiny_study_end_to_end_then_rerun_does_nothing(tiny, tmp_path, monkeypat
     data["eval"].update(limit=2, max_tokens=8)
     data["grid"].update(strategies=["mixed_sequential", "dmt"], k=[0, 1])
     study = parse_study(data, EXAMPLES, out=str(tmp_path / "study"))
+    from harness.adapters.hf import HFAdapter
     from harness.train.study import run_study
 
+    loaded, init = [], HFAdapter.__init__
+    monkeypatch.setattr(HFAdapter, "__init__", lambda self, spec, target, **kw: (loaded.append(target),
+                                                                                init(self, spec, target, **kw))[1])
     first = run_study(study)
     # mixed_sequential: 2 stages; dmt k=0 is mixed_sequential exactly (shared); dmt k=1 adds its stage 2
     assert first.trained == 3
     assert first.evaluated == 1 + 2 + 2 + 2  # base + every stage of every grid point
+    # ... but 4 distinct checkpoints: a shared one is generated once, its other runs start from its journals
+    assert len(loaded) == len(set(loaded)) == 4
     report = tmp_path / "study" / "report"
     assert (report / "report.md").exists() and (report / "report.html").exists()
     assert list(report.rglob("*.png"))
@@ -227,6 +233,11 @@ def test_tiny_study_end_to_end_then_rerun_does_nothing(tiny, tmp_path, monkeypat
     ckpt = {p["label"]: [s["checkpoint"] for s in p["stages"]] for p in index["points"]}
     assert ckpt["dmt-k0"] == ckpt["mixed_sequential"] and ckpt["dmt-k1"][0] == ckpt["mixed_sequential"][0]
     assert ckpt["dmt-k1"][1] != ckpt["mixed_sequential"][1]
+    by_label = {json.loads((d / "config.json").read_text())["metadata"]["label"]: d for d in first.run_dirs}
+    shared = [by_label[label] for label in ("mixed_sequential-stage1", "dmt-k0-stage1", "dmt-k1-stage1")]
+    assert len(set(shared)) == 3  # three run directories (own labels and axes), one set of completions
+    assert len({(d / "gsm8k.generations.jsonl").read_bytes() for d in shared}) == 1
+    assert len({(d / "gsm8k.samples.jsonl").read_bytes() for d in shared}) == 1  # so the same scores
     metas = [json.loads((d / "config.json").read_text())["metadata"] for d in first.run_dirs]
     assert {(m["strategy"], m["k"], m["stage"]) for m in metas} >= {("dmt", 1.0, 2), ("mixed_sequential", None, 1), ("base", None, 0)}
     axes = {m["label"]: m["axes"] for m in metas}

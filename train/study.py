@@ -33,7 +33,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -260,18 +260,44 @@ def evaluations(study: Study, points: list[GridPoint], ckpts: dict[str, list[Any
 
 
 def evaluate_all(cfgs: list[Any]) -> tuple[list[Path], int]:
-    from harness.run.runner import run
+    """Run every evaluation (a finished one is reused). Grid points share checkpoints (DMT's first stage is
+    mixed sequential's; DMT at k=0 is mixed sequential): an evaluation of a checkpoint already evaluated with the
+    same options starts from that run's journals, so it generates, executes and judges nothing again and only
+    writes its own run directory (its label and axes) and scores."""
+    from harness.run.runner import default_run_id, run
 
-    run_dirs, ran = [], 0
+    run_dirs, ran, by_work = [], 0, {}
     for cfg in cfgs:
+        work = default_run_id(replace(cfg, label=None, metadata={}))  # checkpoint, suites and options only
         done = finished(cfg)
         if done is not None:
             log.info("eval %s: finished run %s reused", cfg.metadata["label"], done)
-            run_dirs.append(done)
-            continue
-        run_dirs.append(run(cfg))
-        ran += 1
+        else:
+            if work in by_work and _seed_journals(by_work[work], cfg.out / default_run_id(cfg)):
+                log.info("eval %s: the same checkpoint and options as %s; its journals are reused",
+                         cfg.metadata["label"], by_work[work])
+            done = run(cfg)
+            ran += 1
+        by_work.setdefault(work, done)
+        run_dirs.append(done)
     return run_dirs, ran
+
+
+def _seed_journals(source: Path, run_dir: Path) -> bool:
+    """Start a new run directory with the journals (completions, executions, judgments) of ``source``;
+    False, touching nothing, when ``run_dir`` already exists (a run of its own to resume)."""
+    import shutil
+
+    from harness.run.rundir import MARKER
+
+    if run_dir.exists():
+        return False
+    run_dir.mkdir(parents=True)
+    (run_dir / MARKER).touch()
+    for journal in sorted(source.glob("*.jsonl")):
+        if not journal.name.endswith(".samples.jsonl"):  # scored outputs: the new run writes its own
+            shutil.copy2(journal, run_dir / journal.name)
+    return True
 
 
 def write_study_report(study: Study, run_dirs: list[Path], notes: list[str] = ()) -> str:
