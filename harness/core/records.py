@@ -194,7 +194,11 @@ class Task(Protocol):
     is graded by a judge model (``needs_judge``), whether it executes model-written
     code (``needs_code_execution``: refused without the run's opt-in, with the
     task's ``opt_in`` message), and the CI gate's default allowed drop of its
-    primary metric in reported units (``default_max_drop``).
+    primary metric in reported units (``default_max_drop``). Two declarations are
+    optional, each read in one place with its default: ``request_kind`` (the engine
+    pass, ``"generate"`` unless set; ``harness.run.passes.request_kind``) and
+    ``in_suite_all`` (whether ``--suite all`` includes it, True unless set;
+    ``harness.tasks.resolve_suites``).
     """
 
     name: str

@@ -49,7 +49,7 @@ from harness.core.models import (
 )
 from harness.core.options import Options, SharedOptions
 from harness.core.records import Task, sha256_json
-from harness.run.passes import LazyAdapter
+from harness.run.passes import LazyAdapter, request_kind
 from harness.run.rundir import RunDir
 
 log = logging.getLogger("harness")
@@ -289,7 +289,7 @@ def connect_adapter(spec: ModelSpec, role: str, *, chat_template: str | None, co
 
 def _scores_chat(task: Any) -> bool:
     """A log-likelihood task whose contexts are chat messages (probe_math, probe_general)."""
-    return getattr(task, "request_kind", "generate") == "loglikelihood" and bool(task.needs_chat)
+    return request_kind(task) == "loglikelihood" and bool(task.needs_chat)
 
 
 def _leave_out_of_all(suites: tuple[str, ...], text: str, model: ModelSpec) -> tuple[str, ...]:
@@ -317,7 +317,7 @@ def _check_scorable(model: ModelSpec, tasks: list[Task]) -> None:
 
 def _check_embeddable(model: ModelSpec, tasks: list[Task]) -> None:
     """Hidden-state vectors (``request_kind = "embed"``) come from the HF engine only: refused up front elsewhere."""
-    embed = [t.name for t in tasks if getattr(t, "request_kind", "generate") == "embed"]
+    embed = [t.name for t in tasks if request_kind(t) == "embed"]
     if not embed:
         return
     from harness.adapters import resolve_kind
