@@ -70,6 +70,9 @@ CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU
 # One rank on a CPU: engine core and worker in this process (no spawned processes re-importing vLLM).
 CPU_SINGLE_RANK_ENGINE = {"distributed_executor_backend": "uni"}
 CPU_SINGLE_RANK_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# The environment variables this process's earlier adapters set (not the user's): the next plan may replace
+# or drop them (a two-rank engine after a one-rank one must not inherit VLLM_ENABLE_V1_MULTIPROCESSING=0).
+_SET_HERE: dict[str, str] = {}
 _HINTS = {"batch_size": "vLLM batches continuously; cap concurrent sequences with max_num_seqs",
           "tp": "use tensor_parallel_size", "dp": "use data_parallel_size", "device": "vLLM picks its device"}
 
@@ -113,6 +116,22 @@ def plan_engine(args: Mapping[str, Any], model: str, *, on_cpu: bool, environ: M
             wanted |= CPU_SINGLE_RANK_ENV
         env = {k: v for k, v in wanted.items() if v and k not in environ}
     return EnginePlan(kwargs=kwargs, lora_path=lora, chunk_size=chunk, env=env)
+
+
+def users_environment() -> dict[str, str]:
+    """``os.environ`` without the values an earlier adapter of this process set there."""
+    return {k: v for k, v in os.environ.items() if _SET_HERE.get(k) != v}
+
+
+def apply_environment(env: Mapping[str, str]) -> None:
+    """Set a plan's variables, first removing what an earlier plan set and this one does not want
+    (a value the user changed since is theirs and stays)."""
+    for k, v in list(_SET_HERE.items()):
+        if k not in env and os.environ.get(k) == v:
+            del os.environ[k]
+        del _SET_HERE[k]
+    os.environ.update(env)
+    _SET_HERE.update(env)
 
 
 def cpu_bind_list(cpus: Sequence[int], world: int) -> str:
@@ -200,9 +219,9 @@ class VLLMAdapter:
         self.tokenizer = _load_tokenizer(model, args)
         self.chat_template = resolve_chat_template(self.tokenizer, chat_template, target, needs_chat)
         on_cpu = _on_cpu()
-        self.plan = plan_engine(args, model, on_cpu=on_cpu, environ=os.environ, cpus=_usable_cpus())
+        self.plan = plan_engine(args, model, on_cpu=on_cpu, environ=users_environment(), cpus=_usable_cpus())
         check_engine_args(vllm, self.plan.kwargs)
-        os.environ.update(self.plan.env)  # read by vLLM here, and inherited by any engine process it spawns
+        apply_environment(self.plan.env)  # read by vLLM here, and inherited by any engine process it spawns
         if on_cpu:
             shown = {k: self.plan.kwargs[k] for k in (*CPU_ENGINE_DEFAULTS, *CPU_SINGLE_RANK_ENGINE)
                      if k in self.plan.kwargs}

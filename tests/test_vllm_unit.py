@@ -208,9 +208,11 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     mods["vllm.v1.engine.async_llm"].AsyncLLM = FakeAsyncLLM
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    for var in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND"):
+    for var in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND",
+                "VLLM_ENABLE_V1_MULTIPROCESSING"):
         monkeypatch.setenv(var, "x")  # recorded, so what the adapter sets is undone afterwards
         monkeypatch.delenv(var)
+    monkeypatch.setattr("harness.adapters.vllm._SET_HERE", {})
     return v
 
 
@@ -314,3 +316,20 @@ def test_missing_vllm_is_a_one_line_install_hint(monkeypatch: pytest.MonkeyPatch
 def test_engine_plan_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         EnginePlan(kwargs={}).chunk_size = 3  # type: ignore[misc]
+
+
+def test_a_later_engine_plans_from_the_users_environment_not_an_earlier_adapters(
+        fake_vllm, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import harness.adapters.vllm as vllm_adapter
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")  # the user's: never replaced or removed
+    monkeypatch.setattr(vllm_adapter, "_usable_cpus", lambda: [0, 1, 2, 3])
+    VLLMAdapter(ModelSpec("vllm", str(tiny_llama)), str(tiny_llama))
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0-3"
+    two = VLLMAdapter(ModelSpec("vllm", str(tiny_llama), {"tensor_parallel_size": 2}), str(tiny_llama))
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ  # one rank's in-process default is gone
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == two.describe()["cpu_defaults"]["VLLM_CPU_OMP_THREADS_BIND"]
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0-1|2-3" and os.environ["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    assert FakeLLM.created[-1].get("distributed_executor_backend") is None
