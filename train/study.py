@@ -288,15 +288,14 @@ def _seed_journals(source: Path, run_dir: Path) -> bool:
     False, touching nothing, when ``run_dir`` already exists (a run of its own to resume)."""
     import shutil
 
-    from harness.run.rundir import MARKER
+    from harness.run.rundir import open_run_dir
 
     if run_dir.exists():
         return False
-    run_dir.mkdir(parents=True)
-    (run_dir / MARKER).touch()
-    for journal in sorted(source.glob("*.jsonl")):
-        if not journal.name.endswith(".samples.jsonl"):  # scored outputs: the new run writes its own
-            shutil.copy2(journal, run_dir / journal.name)
+    with open_run_dir(run_dir.parent, run_dir.name):  # made, marked and locked as every run directory is
+        for journal in sorted(source.glob("*.jsonl")):
+            if not journal.name.endswith(".samples.jsonl"):  # scored outputs: the new run writes its own
+                shutil.copy2(journal, run_dir / journal.name)
     return True
 
 
